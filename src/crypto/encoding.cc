@@ -61,8 +61,9 @@ absl::StatusOr<size_t> ValidateBase64(std::string_view text) {
     return InvalidArgumentError("base64 length {} is not a multiple of 4", text.size());
   }
   size_t padding = 0;
-  if (!text.empty() && text.back() == '=') padding = 1;
-  if (text.size() >= 2 && text[text.size() - 2] == '=') padding = 2;
+  if (!text.empty() && text.back() == '=') {
+    padding = text[text.size() - 2] == '=' ? 2 : 1;  // size is a non-zero multiple of 4
+  }
   for (size_t i = 0; i < text.size() - padding; ++i) {
     if (!IsBase64Char(text[i])) {
       return InvalidArgumentError("base64 has an invalid character at offset {}", i);

@@ -87,6 +87,10 @@ absl::StatusOr<X25519PublicKey> DecodeWireGuardPublicKey(std::string_view text) 
                                 kWireGuardKeyTextSize, text.size());
   }
   ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Base64Decode(text));
+  if (bytes.size() != kX25519KeySize) {
+    return InvalidArgumentError("WireGuard key decodes to {} bytes; want {}", bytes.size(),
+                                kX25519KeySize);
+  }
   X25519PublicKey key{};
   std::copy(bytes.begin(), bytes.end(), key.begin());
   return key;
@@ -101,7 +105,12 @@ absl::StatusOr<SecretBytes> DecodeWireGuardPrivateKey(std::string_view text) {
     return InvalidArgumentError("WireGuard key must be {} base64 characters; got {}",
                                 kWireGuardKeyTextSize, text.size());
   }
-  return Base64DecodeSecret(text);
+  ASSIGN_OR_RETURN(SecretBytes key, Base64DecodeSecret(text));
+  if (key.size() != kX25519KeySize) {
+    return InvalidArgumentError("WireGuard key decodes to {} bytes; want {}", key.size(),
+                                kX25519KeySize);
+  }
+  return key;
 }
 
 }  // namespace keywarden::crypto

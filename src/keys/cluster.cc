@@ -139,6 +139,29 @@ absl::StatusOr<ClusterInfo> InitCluster(const fs::path& dir) {
   return info;
 }
 
+absl::StatusOr<ClusterInfo> ParseClusterJson(std::string_view text) {
+  nlohmann::json doc = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return InvalidArgumentError("not a JSON object");
+  }
+  auto field = [&doc](const char* name) -> absl::StatusOr<std::vector<uint8_t>> {
+    auto it = doc.find(name);
+    if (it == doc.end() || !it->is_string()) {
+      return InvalidArgumentError("missing string field \"{}\"", name);
+    }
+    auto bytes = crypto::HexDecode(it->get_ref<const std::string&>());
+    if (!bytes.ok() || bytes->size() != kDigestSize) {
+      return InvalidArgumentError("\"{}\" is not {} bytes of hex", name, kDigestSize);
+    }
+    return bytes;
+  };
+  ASSIGN_OR_RETURN(std::vector<uint8_t> salt, field("measurementSalt"));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> id, field("clusterID"));
+  ClusterInfo info{std::move(salt), {}};
+  std::copy(id.begin(), id.end(), info.cluster_id.begin());
+  return info;
+}
+
 absl::StatusOr<ClusterInfo> ReadClusterInfo(const fs::path& dir) {
   const fs::path path = dir / kClusterFileName;
   std::ifstream in(path, std::ios::binary);
@@ -152,26 +175,10 @@ absl::StatusOr<ClusterInfo> ReadClusterInfo(const fs::path& dir) {
   if (text.size() > kMaxClusterFileSize) {
     return InvalidArgumentError("{} is larger than {} bytes", path.string(), kMaxClusterFileSize);
   }
-  nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) {
-    return InvalidArgumentError("{} is not a JSON object", path.string());
+  auto info = ParseClusterJson(text);
+  if (!info.ok()) {
+    return InvalidArgumentError("{}: {}", path.string(), StatusMessage(info.status()));
   }
-  auto field = [&](const char* name) -> absl::StatusOr<std::vector<uint8_t>> {
-    auto it = doc.find(name);
-    if (it == doc.end() || !it->is_string()) {
-      return InvalidArgumentError("{}: missing string field \"{}\"", path.string(), name);
-    }
-    auto bytes = crypto::HexDecode(it->get<std::string>());
-    if (!bytes.ok() || bytes->size() != kDigestSize) {
-      return InvalidArgumentError("{}: \"{}\" is not {} bytes of hex", path.string(), name,
-                                  kDigestSize);
-    }
-    return bytes;
-  };
-  ASSIGN_OR_RETURN(std::vector<uint8_t> salt, field("measurementSalt"));
-  ASSIGN_OR_RETURN(std::vector<uint8_t> id, field("clusterID"));
-  ClusterInfo info{std::move(salt), {}};
-  std::copy(id.begin(), id.end(), info.cluster_id.begin());
   return info;
 }
 

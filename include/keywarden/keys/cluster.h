@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,6 +27,9 @@ struct ClusterInfo {
 // All or nothing: on any error neither file is left behind, and a directory it created is
 // removed again.
 absl::StatusOr<ClusterInfo> InitCluster(const std::filesystem::path& dir);
+
+// ParseClusterJson parses the contents of a cluster.json; INVALID_ARGUMENT when malformed.
+absl::StatusOr<ClusterInfo> ParseClusterJson(std::string_view text);
 
 // ReadClusterInfo reads and validates DIR/cluster.json.
 absl::StatusOr<ClusterInfo> ReadClusterInfo(const std::filesystem::path& dir);

@@ -1,0 +1,34 @@
+# Keywarden's entry points. `make run` and `make test` install their own dependencies.
+.PHONY: all deps build run test bench format format-check clean
+
+JOBS ?= $(shell nproc)
+
+all: build
+
+deps:
+	scripts/install-deps
+
+build: deps
+	cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j$(JOBS)
+
+# run: the main job on the embedded default (see scripts/run).
+run: build
+	scripts/run
+
+# test: the whole suite: g++ tests, clang ASan/UBSan unit tests, fuzzers (see scripts/test).
+test: deps
+	scripts/test
+
+# bench: benchmarks with their ceilings, figures as in docs/performance.md.
+bench: build
+	scripts/bench
+
+format:
+	clang-format -i $$(git ls-files '*.cc' '*.h')
+
+format-check:
+	clang-format --dry-run -Werror $$(git ls-files '*.cc' '*.h')
+
+clean:
+	rm -rf build build-asan
