@@ -41,8 +41,8 @@ void BM_HkdfOneShot(benchmark::State& state) {
   const std::span<const uint8_t> info_bytes(reinterpret_cast<const uint8_t*>(info.data()),
                                             info.size());
   for (auto _ : state) {
-    auto dek = crypto::HkdfSha256(secret.key.Reveal(token), secret.salt.Reveal(token), info_bytes,
-                                  32);
+    auto dek =
+        crypto::HkdfSha256(secret.key.Reveal(token), secret.salt.Reveal(token), info_bytes, 32);
     benchmark::DoNotOptimize(dek);
   }
   state.SetItemsProcessed(state.iterations());

@@ -47,7 +47,8 @@ int RunStatus(const std::string& dir) {
   auto info = keys::ReadClusterInfo(dir);
   if (!info.ok()) return Fail(info.status());
   // Check that cluster.json belongs to the master secret beside it.
-  auto secret = keys::ReadMasterSecretFile(std::filesystem::path(dir) / keys::kMasterSecretFileName);
+  auto secret =
+      keys::ReadMasterSecretFile(std::filesystem::path(dir) / keys::kMasterSecretFileName);
   if (!secret.ok()) return Fail(secret.status());
   auto computed = keys::ComputeClusterInfo(*secret, info->measurement_salt);
   if (!computed.ok()) return Fail(computed.status());

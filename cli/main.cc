@@ -1,5 +1,7 @@
 // keywarden: the command-line entry point. Parses flags and calls cli/commands.cc; nothing
 // else happens here.
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
@@ -14,8 +16,8 @@ CLI::Validator HexBytes(size_t bytes) {
   return CLI::Validator(
       [bytes](std::string& value) -> std::string {
         if (value.size() != 2 * bytes) {
-          return "must be " + std::to_string(2 * bytes) + " hex digits (" +
-                 std::to_string(bytes) + " bytes), got " + std::to_string(value.size());
+          return "must be " + std::to_string(2 * bytes) + " hex digits (" + std::to_string(bytes) +
+                 " bytes), got " + std::to_string(value.size());
         }
         for (char c : value) {
           if (!std::isxdigit(static_cast<unsigned char>(c))) return "must be hex digits only";
@@ -39,7 +41,7 @@ int main(int argc, char** argv) {
       "master secret.",
       "keywarden"};
   app.set_version_flag("--version", "keywarden 0.1.0");
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
   app.fallthrough(false);
 
   // init
@@ -62,7 +64,7 @@ int main(int argc, char** argv) {
   // derive
   CLI::App* derive = app.add_subcommand(
       "derive", "Derive keys and identities from a master secret, offline (DESIGN.md §2).");
-  derive->require_subcommand(1);
+  derive->require_subcommand(0, 1);
 
   std::string dek_secret, dek_id;
   size_t dek_length = keys::kDefaultDekSize;
@@ -97,10 +99,10 @@ int main(int argc, char** argv) {
       ->check(HexBytes(keys::kMeasurementSaltSize));
 
   std::string pcr_cluster_id;
-  CLI::App* pcr = derive->add_subcommand(
-      "pcr15",
-      "Print the PCR 15 value a node shows after measuring CLUSTER_ID: "
-      "SHA256(0^32 || SHA256(clusterID)).");
+  CLI::App* pcr =
+      derive->add_subcommand("pcr15",
+                             "Print the PCR 15 value a node shows after measuring CLUSTER_ID: "
+                             "SHA256(0^32 || SHA256(clusterID)).");
   pcr->add_option("--cluster-id", pcr_cluster_id, "clusterID (hex)")
       ->required()
       ->check(HexBytes(keys::kDigestSize));
@@ -118,5 +120,8 @@ int main(int argc, char** argv) {
   if (disk->parsed()) return cli::RunDeriveDiskKey(disk_secret, disk_uuid);
   if (cid->parsed()) return cli::RunDeriveClusterId(cid_secret, cid_salt);
   if (pcr->parsed()) return cli::RunDerivePcr15(pcr_cluster_id);
+  // No command (or `derive` without one): show what there is.
+  const CLI::App& shown = derive->parsed() ? *derive : app;
+  fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;
 }

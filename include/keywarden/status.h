@@ -24,8 +24,7 @@ inline absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()
 
 // MakeStatus builds a non-OK status with a message formatted by fmt.
 template <typename... Args>
-absl::Status MakeStatus(absl::StatusCode code, fmt::format_string<Args...> format,
-                        Args&&... args) {
+absl::Status MakeStatus(absl::StatusCode code, fmt::format_string<Args...> format, Args&&... args) {
   std::string message = fmt::format(format, std::forward<Args>(args)...);
   return absl::Status(code, internal::ToAbsl(message));
 }
@@ -59,6 +58,24 @@ absl::Status PermissionDeniedError(fmt::format_string<Args...> f, Args&&... a) {
   return MakeStatus(absl::StatusCode::kPermissionDenied, f, std::forward<Args>(a)...);
 }
 
+// Printable returns `text` fit to quote in a message (for public input such as IDs and
+// UUIDs, never secrets): at most `max_chars` input bytes, printable ASCII kept, every other byte
+// (control characters, escape sequences, non-ASCII, backslash) written as \xNN, and "..."
+// appended when cut.
+inline std::string Printable(std::string_view text, size_t max_chars = 64) {
+  std::string out;
+  for (size_t i = 0; i < text.size() && i < max_chars; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+  }
+  if (text.size() > max_chars) out += "...";
+  return out;
+}
+
 // StatusMessage returns a status's message as a std::string (for printing).
 inline std::string StatusMessage(const absl::Status& status) {
   return std::string(status.message().data(), status.message().size());
@@ -70,10 +87,10 @@ inline std::string StatusMessage(const absl::Status& status) {
 #define KW_STATUS_CONCAT_(a, b) KW_STATUS_CONCAT_INNER_(a, b)
 
 // RETURN_IF_ERROR(expr) returns the status of `expr` from the enclosing function if it is not OK.
-#define RETURN_IF_ERROR(expr)                            \
-  do {                                                   \
-    ::absl::Status kw_status_ = (expr);                  \
-    if (!kw_status_.ok()) return kw_status_;             \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::absl::Status kw_status_ = (expr);      \
+    if (!kw_status_.ok()) return kw_status_; \
   } while (false)
 
 // ASSIGN_OR_RETURN(lhs, expr) evaluates a StatusOr expression, returns its status on error and

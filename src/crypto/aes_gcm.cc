@@ -11,10 +11,14 @@ namespace {
 
 const char* CipherName(size_t key_size) {
   switch (key_size) {
-    case 16: return "AES-128-GCM";
-    case 24: return "AES-192-GCM";
-    case 32: return "AES-256-GCM";
-    default: return nullptr;
+    case 16:
+      return "AES-128-GCM";
+    case 24:
+      return "AES-192-GCM";
+    case 32:
+      return "AES-256-GCM";
+    default:
+      return nullptr;
   }
 }
 
@@ -46,8 +50,7 @@ absl::StatusOr<std::unique_ptr<AesGcm>> AesGcm::New(const SecretBytes& key) {
       EVP_DecryptInit_ex2(dec.get(), cipher, k, nullptr, nullptr) != 1) {
     return internal::OpenSslError("AES-GCM setup");
   }
-  return std::unique_ptr<AesGcm>(
-      new AesGcm(std::make_unique<State>(enc.release(), dec.release())));
+  return std::unique_ptr<AesGcm>(new AesGcm(std::make_unique<State>(enc.release(), dec.release())));
 }
 
 absl::StatusOr<std::vector<uint8_t>> AesGcm::Encrypt(std::span<const uint8_t> plaintext,
@@ -81,12 +84,12 @@ absl::StatusOr<std::vector<uint8_t>> AesGcm::EncryptWithNonce(std::span<const ui
   std::vector<uint8_t> out(plaintext.size() + kTagSize);
   int n = 0;
   int written = 0;
-  bool ok = EVP_EncryptInit_ex2(ctx.get(), nullptr, nullptr, nonce.data(), nullptr) == 1 &&
-            (aad.empty() || EVP_EncryptUpdate(ctx.get(), nullptr, &n, aad.data(),
-                                              static_cast<int>(aad.size())) == 1) &&
-            (plaintext.empty() ||
-             EVP_EncryptUpdate(ctx.get(), out.data(), &written, plaintext.data(),
-                               static_cast<int>(plaintext.size())) == 1);
+  bool ok =
+      EVP_EncryptInit_ex2(ctx.get(), nullptr, nullptr, nonce.data(), nullptr) == 1 &&
+      (aad.empty() ||
+       EVP_EncryptUpdate(ctx.get(), nullptr, &n, aad.data(), static_cast<int>(aad.size())) == 1) &&
+      (plaintext.empty() || EVP_EncryptUpdate(ctx.get(), out.data(), &written, plaintext.data(),
+                                              static_cast<int>(plaintext.size())) == 1);
   int final_written = 0;
   ok = ok && EVP_EncryptFinal_ex(ctx.get(), out.data() + written, &final_written) == 1 &&
        static_cast<size_t>(written + final_written) == plaintext.size() &&
@@ -111,7 +114,8 @@ absl::StatusOr<SecretBytes> AesGcm::DecryptWithNonce(std::span<const uint8_t> no
   std::memcpy(tag, ciphertext_and_tag.data() + ct_size, kTagSize);
   SecretBytes plaintext(ct_size);
   uint8_t empty_out = 0;
-  uint8_t* out = ct_size == 0 ? &empty_out : plaintext.MutableReveal(InsecureSecretAccess::Get()).data();
+  uint8_t* out =
+      ct_size == 0 ? &empty_out : plaintext.MutableReveal(InsecureSecretAccess::Get()).data();
   int n = 0;
   int written = 0;
   int final_written = 0;

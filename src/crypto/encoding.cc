@@ -35,8 +35,7 @@ absl::Status HexDecodeInto(std::string_view hex, uint8_t* out) {
     const int hi = HexValue(hex[i]);
     const int lo = HexValue(hex[i + 1]);
     if (hi < 0 || lo < 0) {
-      return InvalidArgumentError("hex has a non-hex character at offset {}",
-                                  hi < 0 ? i : i + 1);
+      return InvalidArgumentError("hex has a non-hex character at offset {}", hi < 0 ? i : i + 1);
     }
     out[i / 2] = static_cast<uint8_t>(hi << 4 | lo);
   }
@@ -44,8 +43,8 @@ absl::Status HexDecodeInto(std::string_view hex, uint8_t* out) {
 }
 
 bool IsBase64Char(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-         c == '+' || c == '/';
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+         c == '/';
 }
 
 int Base64Value(char c) {
@@ -141,7 +140,8 @@ absl::StatusOr<std::vector<uint8_t>> Base64Decode(std::string_view text) {
 SecretBytes Base64EncodeSecret(const SecretBytes& secret) {
   const auto token = InsecureSecretAccess::Get();
   SecretBytes scratch(Base64Length(secret.size()) + 1);
-  Base64EncodeInto(secret.Reveal(token), reinterpret_cast<char*>(scratch.MutableReveal(token).data()));
+  Base64EncodeInto(secret.Reveal(token),
+                   reinterpret_cast<char*>(scratch.MutableReveal(token).data()));
   return SecretBytes(scratch.Reveal(token).first(scratch.size() - 1));
 }
 

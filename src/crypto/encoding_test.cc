@@ -46,8 +46,13 @@ TEST(HexTest, ErrorsDoNotQuoteInput) {
 // RFC 4648 §10 test vectors.
 TEST(Base64Test, Rfc4648Vectors) {
   const std::pair<std::string, std::string> cases[] = {
-      {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"},
   };
   for (const auto& [plain, encoded] : cases) {
     const std::vector<uint8_t> bytes(plain.begin(), plain.end());
@@ -63,9 +68,9 @@ TEST(Base64Test, Rfc4648Vectors) {
 }
 
 TEST(Base64Test, RefusesNonCanonicalOrMalformed) {
-  for (const char* bad : {"Zg=", "Zg", "Z===", "Zh==", "Zm9=", "Zm 9v", "Zm9v\n", "Zm-v", "Zm_v",
-                          "=Zm9", "Zg==Zg==", "Zm=v", "====",
-                          "Zm9vYg=9" /* found by encoding_fuzzer */}) {
+  for (const char* bad :
+       {"Zg=", "Zg", "Z===", "Zh==", "Zm9=", "Zm 9v", "Zm9v\n", "Zm-v", "Zm_v", "=Zm9",
+        "Zg==Zg==", "Zm=v", "====", "Zm9vYg=9" /* found by encoding_fuzzer */}) {
     EXPECT_EQ(Base64Decode(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_FALSE(Base64DecodeSecret(bad).ok()) << bad;
   }

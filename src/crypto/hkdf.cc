@@ -39,15 +39,13 @@ absl::StatusOr<SecretBytes> HkdfSha256Extract(std::span<const uint8_t> salt,
   auto out = prk.MutableReveal(InsecureSecretAccess::Get());
   size_t written = 0;
   if (EVP_MAC_update(ctx.get(), ikm.data(), ikm.size()) != 1 ||
-      EVP_MAC_final(ctx.get(), out.data(), &written, out.size()) != 1 ||
-      written != out.size()) {
+      EVP_MAC_final(ctx.get(), out.data(), &written, out.size()) != 1 || written != out.size()) {
     return internal::OpenSslError("HKDF-Extract");
   }
   return prk;
 }
 
-absl::StatusOr<SecretBytes> HkdfSha256(std::span<const uint8_t> ikm,
-                                       std::span<const uint8_t> salt,
+absl::StatusOr<SecretBytes> HkdfSha256(std::span<const uint8_t> ikm, std::span<const uint8_t> salt,
                                        std::span<const uint8_t> info, size_t length) {
   RETURN_IF_ERROR(CheckLength(length));
   if (HkdfAlgorithm() == nullptr) return internal::OpenSslError("HKDF fetch");
@@ -94,8 +92,7 @@ absl::StatusOr<std::unique_ptr<HkdfSha256Expander>> HkdfSha256Expander::New(
   const auto bytes = prk.Reveal(InsecureSecretAccess::Get());
   EVP_MAC_CTX* ctx = internal::NewHmacSha256Ctx(bytes.data(), bytes.size());
   if (ctx == nullptr) return internal::OpenSslError("HKDF-Expand setup");
-  return std::unique_ptr<HkdfSha256Expander>(
-      new HkdfSha256Expander(std::make_unique<State>(ctx)));
+  return std::unique_ptr<HkdfSha256Expander>(new HkdfSha256Expander(std::make_unique<State>(ctx)));
 }
 
 absl::StatusOr<SecretBytes> HkdfSha256Expander::Expand(std::span<const uint8_t> info,

@@ -79,8 +79,7 @@ absl::StatusOr<std::array<uint8_t, kHmacSha256TagSize>> HmacSha256::Compute(
   size_t tag_size = 0;
   if (EVP_MAC_init(ctx.get(), nullptr, 0, nullptr) != 1 ||
       EVP_MAC_update(ctx.get(), data.data(), data.size()) != 1 ||
-      EVP_MAC_final(ctx.get(), tag.data(), &tag_size, tag.size()) != 1 ||
-      tag_size != tag.size()) {
+      EVP_MAC_final(ctx.get(), tag.data(), &tag_size, tag.size()) != 1 || tag_size != tag.size()) {
     return internal::OpenSslError("HMAC-SHA256");
   }
   return tag;

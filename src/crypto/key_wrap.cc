@@ -10,10 +10,14 @@ namespace {
 const char* CipherName(size_t key_size, AesKeyWrap::Padding padding) {
   const bool pad = padding == AesKeyWrap::Padding::kRfc5649;
   switch (key_size) {
-    case 16: return pad ? "AES-128-WRAP-PAD" : "AES-128-WRAP";
-    case 24: return pad ? "AES-192-WRAP-PAD" : "AES-192-WRAP";
-    case 32: return pad ? "AES-256-WRAP-PAD" : "AES-256-WRAP";
-    default: return nullptr;
+    case 16:
+      return pad ? "AES-128-WRAP-PAD" : "AES-128-WRAP";
+    case 24:
+      return pad ? "AES-192-WRAP-PAD" : "AES-192-WRAP";
+    case 32:
+      return pad ? "AES-256-WRAP-PAD" : "AES-256-WRAP";
+    default:
+      return nullptr;
   }
 }
 

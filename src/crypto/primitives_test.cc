@@ -94,9 +94,7 @@ TEST(HkdfTest, RefusesOutputLengthsOutsideRfcRange) {
   EXPECT_EQ((*expander)->Expand({}, kHkdfSha256MaxOutput)->size(), kHkdfSha256MaxOutput);
 }
 
-TEST(HkdfTest, ExpanderRefusesShortPrk) {
-  EXPECT_FALSE(HkdfSha256Expander::New(Random(31)).ok());
-}
+TEST(HkdfTest, ExpanderRefusesShortPrk) { EXPECT_FALSE(HkdfSha256Expander::New(Random(31)).ok()); }
 
 TEST(HkdfTest, ExpandPartsEqualsConcatenatedInfo) {
   auto expander = *HkdfSha256Expander::New(Random(32));
@@ -287,12 +285,12 @@ TEST(XtsTest, RefusesPartialSectorsOverlapAndOverflow) {
   EXPECT_FALSE(cipher->EncryptSectors(0, std::span(buf).first(100), out).ok());
   EXPECT_FALSE(cipher->EncryptSectors(0, {}, out).ok());
   EXPECT_FALSE(cipher->EncryptSectors(0, buf, std::span(out).first(512)).ok());
-  EXPECT_FALSE(cipher->EncryptSectors(0, std::span(buf).first(512), std::span(buf).subspan(1, 512))
-                   .ok());
+  EXPECT_FALSE(
+      cipher->EncryptSectors(0, std::span(buf).first(512), std::span(buf).subspan(1, 512)).ok());
   EXPECT_FALSE(cipher->EncryptSectors(UINT64_MAX, buf, out).ok());
-  EXPECT_TRUE(cipher->EncryptSectors(UINT64_MAX, std::span(buf).first(512),
-                                     std::span(out).first(512))
-                  .ok());
+  EXPECT_TRUE(
+      cipher->EncryptSectors(UINT64_MAX, std::span(buf).first(512), std::span(out).first(512))
+          .ok());
 }
 
 // --- X25519 ---------------------------------------------------------------------------------
@@ -325,7 +323,8 @@ TEST(X25519Test, WireGuardEncoding) {
   EXPECT_EQ(*DecodeWireGuardPublicKey(pub), a.public_key());
   const SecretBytes priv_text = EncodeWireGuardPrivateKey(a.private_key());
   const auto t = priv_text.Reveal(kToken);
-  auto priv = *DecodeWireGuardPrivateKey(std::string_view(reinterpret_cast<const char*>(t.data()), t.size()));
+  auto priv = *DecodeWireGuardPrivateKey(
+      std::string_view(reinterpret_cast<const char*>(t.data()), t.size()));
   EXPECT_EQ(Vec(priv), Vec(a.private_key()));
   EXPECT_FALSE(DecodeWireGuardPublicKey(pub.substr(0, 43)).ok());
   EXPECT_FALSE(DecodeWireGuardPublicKey(pub + "A").ok());

@@ -1,7 +1,5 @@
 #include "keywarden/secret_bytes.h"
 
-#include "keywarden/secure_allocator.h"
-
 #include <openssl/crypto.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -10,6 +8,8 @@
 #include <cstring>
 #include <mutex>
 #include <utility>
+
+#include "keywarden/secure_allocator.h"
 
 namespace keywarden {
 namespace {
@@ -47,7 +47,7 @@ uint8_t* AllocateDedicated(size_t size) {
   const size_t length = PageRound(size);
   void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) std::abort();  // out of memory, as operator new would
-  (void)mlock(p, length);              // best effort: RLIMIT_MEMLOCK may forbid it
+  (void)mlock(p, length);             // best effort: RLIMIT_MEMLOCK may forbid it
   (void)madvise(p, length, MADV_DONTDUMP);
   return static_cast<uint8_t*>(p);
 }
@@ -99,8 +99,7 @@ SecretBytes::SecretBytes(std::span<const uint8_t> bytes) : SecretBytes(bytes.siz
 }
 
 SecretBytes::SecretBytes(SecretBytes&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
 
 SecretBytes& SecretBytes::operator=(SecretBytes&& other) noexcept {
   if (this != &other) {
@@ -113,7 +112,9 @@ SecretBytes& SecretBytes::operator=(SecretBytes&& other) noexcept {
 
 SecretBytes::~SecretBytes() { Release(); }
 
-SecretBytes SecretBytes::Clone() const { return SecretBytes(std::span<const uint8_t>(data_, size_)); }
+SecretBytes SecretBytes::Clone() const {
+  return SecretBytes(std::span<const uint8_t>(data_, size_));
+}
 
 void SecretBytes::Release() noexcept {
   internal::SecureFree(data_, size_);

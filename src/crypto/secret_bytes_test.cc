@@ -25,7 +25,9 @@ static_assert(!std::is_convertible_v<SecretBytes, std::string>);
 static_assert(!std::is_constructible_v<std::string, SecretBytes>);
 static_assert(!fmt::is_formattable<SecretBytes>::value);
 template <typename T>
-concept Streamable = requires(std::ostream& os, const T& t) { os << t; };
+concept Streamable = requires(std::ostream& os, const T& t) {
+  os << t;
+};
 static_assert(!Streamable<SecretBytes>);
 
 std::vector<uint8_t> RandomBytes(size_t n) {

@@ -57,9 +57,8 @@ absl::StatusOr<SecretBytes> X25519KeyPair::SharedSecret(
                                 kX25519KeySize);
   }
   ASSIGN_OR_RETURN(internal::PkeyPtr own, PrivateKey(private_key_));
-  internal::PkeyPtr peer(EVP_PKEY_new_raw_public_key_ex(nullptr, "X25519", nullptr,
-                                                        peer_public_key.data(),
-                                                        peer_public_key.size()));
+  internal::PkeyPtr peer(EVP_PKEY_new_raw_public_key_ex(
+      nullptr, "X25519", nullptr, peer_public_key.data(), peer_public_key.size()));
   if (!peer) return internal::OpenSslError("X25519 peer key");
   internal::PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, own.get(), nullptr));
   if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 ||
@@ -70,8 +69,8 @@ absl::StatusOr<SecretBytes> X25519KeyPair::SharedSecret(
   size_t size = shared.size();
   // OpenSSL fails the derivation when the result is all zeros (RFC 7748 §6.1), which is what a
   // small-order peer key produces.
-  if (EVP_PKEY_derive(ctx.get(), shared.MutableReveal(InsecureSecretAccess::Get()).data(),
-                      &size) != 1 ||
+  if (EVP_PKEY_derive(ctx.get(), shared.MutableReveal(InsecureSecretAccess::Get()).data(), &size) !=
+          1 ||
       size != kX25519KeySize) {
     ERR_clear_error();
     return InvalidArgumentError("X25519 peer public key gives an all-zero shared secret");

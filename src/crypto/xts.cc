@@ -89,8 +89,8 @@ absl::Status AesXts::Crypt(bool encrypt, uint64_t first_unit, size_t unit_size,
     // Re-initialising with only an IV keeps the expanded keys; OpenSSL's XTS processes one
     // whole data unit per update call.
     if (EVP_CipherInit_ex2(ctx.get(), nullptr, nullptr, tweak, encrypt ? 1 : 0, nullptr) != 1 ||
-        EVP_CipherUpdate(ctx.get(), out.data() + i * unit_size, &written,
-                         in.data() + i * unit_size, static_cast<int>(unit_size)) != 1 ||
+        EVP_CipherUpdate(ctx.get(), out.data() + i * unit_size, &written, in.data() + i * unit_size,
+                         static_cast<int>(unit_size)) != 1 ||
         static_cast<size_t>(written) != unit_size) {
       return internal::OpenSslError(encrypt ? "AES-XTS encrypt" : "AES-XTS decrypt");
     }

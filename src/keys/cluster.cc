@@ -92,9 +92,8 @@ absl::StatusOr<ClusterInfo> InitCluster(const fs::path& dir) {
   for (const fs::path& p : {secret_path, cluster_path}) {
     struct stat st {};
     if (lstat(p.c_str(), &st) == 0 || errno != ENOENT) {
-      return AlreadyExistsError(
-          "{} already holds a cluster ({} exists); refusing to overwrite it", dir.string(),
-          p.filename().string());
+      return AlreadyExistsError("{} already holds a cluster ({} exists); refusing to overwrite it",
+                                dir.string(), p.filename().string());
     }
   }
 
@@ -166,8 +165,8 @@ absl::StatusOr<ClusterInfo> ReadClusterInfo(const fs::path& dir) {
   const fs::path path = dir / kClusterFileName;
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return NotFoundError("cannot read {}: {} (run `keywarden init --dir {}` first)",
-                         path.string(), std::strerror(errno), dir.string());
+    return NotFoundError("cannot read {}: {} (run `keywarden init --dir {}` first)", path.string(),
+                         std::strerror(errno), dir.string());
   }
   std::string text(kMaxClusterFileSize + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));

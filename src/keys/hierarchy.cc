@@ -1,5 +1,7 @@
 #include "keywarden/keys/hierarchy.h"
 
+#include <algorithm>
+#include <cctype>
 #include <string>
 
 #include "keywarden/crypto/sha256.h"
@@ -31,8 +33,7 @@ absl::StatusOr<std::unique_ptr<Kek>> Kek::FromMasterSecret(const MasterSecret& s
 
 absl::StatusOr<std::unique_ptr<Kek>> Kek::FromBytes(const SecretBytes& kek) {
   if (kek.size() != crypto::kHkdfSha256HashLen) {
-    return InvalidArgumentError("KEK of {} bytes; want {}", kek.size(),
-                                crypto::kHkdfSha256HashLen);
+    return InvalidArgumentError("KEK of {} bytes; want {}", kek.size(), crypto::kHkdfSha256HashLen);
   }
   ASSIGN_OR_RETURN(auto expander, crypto::HkdfSha256Expander::New(kek));
   return std::unique_ptr<Kek>(new Kek(kek.Clone(), std::move(expander)));
@@ -79,31 +80,20 @@ PcrValue ExpectedPcr15(std::span<const uint8_t> cluster_id) {
 }
 
 absl::StatusOr<std::string> NormalizeUuid(std::string_view uuid) {
-  static constexpr size_t kGroups[] = {8, 4, 4, 4, 12};
-  std::string out;
-  out.reserve(36);
-  size_t pos = 0;
-  for (size_t g = 0; g < 5; ++g) {
-    if (g > 0) {
-      if (pos >= uuid.size() || uuid[pos] != '-') break;
-      out.push_back('-');
-      ++pos;
-    }
-    for (size_t i = 0; i < kGroups[g]; ++i, ++pos) {
-      if (pos >= uuid.size() || !std::isxdigit(static_cast<unsigned char>(uuid[pos]))) {
-        return InvalidArgumentError(
-            "\"{}\" is not a UUID (want 8-4-4-4-12 hex digits, e.g. "
-            "0b1c2d3e-0000-4000-8000-00000000abcd)",
-            uuid.substr(0, 64));
-      }
-      out.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(uuid[pos]))));
-    }
-  }
-  if (pos != uuid.size() || out.size() != 36) {
+  static constexpr size_t kDashes[] = {8, 13, 18, 23};
+  auto invalid = [uuid] {
     return InvalidArgumentError(
         "\"{}\" is not a UUID (want 8-4-4-4-12 hex digits, e.g. "
         "0b1c2d3e-0000-4000-8000-00000000abcd)",
-        uuid.substr(0, 64));
+        Printable(uuid));
+  };
+  if (uuid.size() != 36) return invalid();
+  std::string out(uuid);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const bool dash = std::find(std::begin(kDashes), std::end(kDashes), i) != std::end(kDashes);
+    const unsigned char c = static_cast<unsigned char>(out[i]);
+    if (dash ? c != '-' : !std::isxdigit(c)) return invalid();
+    out[i] = static_cast<char>(std::tolower(c));
   }
   return out;
 }

@@ -99,12 +99,19 @@ TEST(HierarchyTest, StateDiskKeyLowerCasesAndValidatesUuid) {
   const std::string lower = "0b1c2d3e-aaaa-4000-8000-00000000abcd";
   EXPECT_EQ(HexOf(*kek->StateDiskKey(upper)), HexOf(*kek->StateDiskKey(lower)));
   EXPECT_EQ(HexOf(*kek->StateDiskKey(upper)), HexOf(*kek->DeriveDek(lower, 32)));
-  for (const char* bad : {"", "not-a-uuid", "0b1c2d3e-aaaa-4000-8000-00000000abc",
-                          "0b1c2d3e-aaaa-4000-8000-00000000abcde", "0b1c2d3eaaaa40008000000000000abcd",
-                          "0b1c2d3e-aaaa-4000-8000_00000000abcd", "gb1c2d3e-aaaa-4000-8000-00000000abcd"}) {
+  for (const char* bad :
+       {"", "not-a-uuid", "0b1c2d3e-aaaa-4000-8000-00000000abc",
+        "0b1c2d3e-aaaa-4000-8000-00000000abcde", "0b1c2d3eaaaa40008000000000000abcd",
+        "0b1c2d3e-aaaa-4000-8000_00000000abcd", "gb1c2d3e-aaaa-4000-8000-00000000abcd"}) {
     auto r = kek->StateDiskKey(bad);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
   }
+  // Quoted input is escaped: no control characters or terminal escapes reach a message.
+  auto r = kek->StateDiskKey("00000000-0000-0000-0000-00000000000\n\x1b]0;x\x07");
+  const std::string message(r.status().message());
+  EXPECT_NE(message.find("\\x0a\\x1b]0;x\\x07"), std::string::npos) << message;
+  EXPECT_TRUE(std::none_of(message.begin(), message.end(),
+                           [](char c) { return static_cast<unsigned char>(c) < 0x20; }));
 }
 
 TEST(HierarchyTest, ClusterIdNeedsA32ByteSalt) {

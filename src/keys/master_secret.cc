@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -22,6 +23,59 @@ namespace {
 // The parser's strings (object keys and values, and its token buffer) are SecureStrings, so
 // the base64 text of the key is kept in locked memory and wiped when the parse ends.
 using SecureJson = nlohmann::basic_json<std::map, std::vector, SecureString>;
+
+// SyntaxProbe is a SAX handler that accepts everything and records where a syntax error
+// occurred, so that an error can say "truncated" without quoting the input (the parser's own
+// error text quotes the last token, which may be part of the key).
+class SyntaxProbe : public nlohmann::json_sax<SecureJson> {
+ public:
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return true; }
+  bool key(string_t&) override { return true; }
+  bool end_object() override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception&) override {
+    error_position_ = position;
+    return false;
+  }
+  size_t error_position() const { return error_position_; }
+
+ private:
+  size_t error_position_ = 0;
+};
+
+bool IsJsonWhitespace(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// SyntaxError describes why `json` does not parse, without quoting it.
+absl::Status SyntaxError(std::span<const uint8_t> json) {
+  if (std::all_of(json.begin(), json.end(), IsJsonWhitespace)) {
+    return InvalidArgumentError("master secret: file is empty");
+  }
+  SyntaxProbe probe;
+  // SecureJson::sax_parse would also instantiate nlohmann's binary readers, which do not
+  // support a custom string type; its JSON branch is exactly this parser.
+  auto adapter = nlohmann::detail::input_adapter(json.begin(), json.end());
+  nlohmann::detail::parser<SecureJson, decltype(adapter)> parser(std::move(adapter), nullptr,
+                                                                 /*allow_exceptions_=*/false);
+  if (parser.sax_parse(&probe, /*strict=*/true)) {
+    return InvalidArgumentError("master secret: not valid JSON");
+  }
+  // The lexer reports the position just past the offending character; at the end of the
+  // input that means the document stopped early.
+  if (probe.error_position() >= json.size()) {
+    return InvalidArgumentError("master secret: JSON ends early (truncated file?)");
+  }
+  return InvalidArgumentError("master secret: not valid JSON (syntax error at byte {})",
+                              probe.error_position());
+}
 
 absl::StatusOr<SecretBytes> DecodeField(const SecureJson& object, const char* name,
                                         size_t min_size) {
@@ -50,11 +104,15 @@ std::string ErrnoText(int err) { return std::strerror(err); }
 absl::Status FileError(int err, std::string_view what, const std::filesystem::path& path) {
   const std::string message = fmt::format("cannot {} {}: {}", what, path.string(), ErrnoText(err));
   switch (err) {
-    case ENOENT: return absl::NotFoundError(internal::ToAbsl(message));
+    case ENOENT:
+      return absl::NotFoundError(internal::ToAbsl(message));
     case EACCES:
-    case EPERM: return absl::PermissionDeniedError(internal::ToAbsl(message));
-    case EEXIST: return absl::AlreadyExistsError(internal::ToAbsl(message));
-    default: return absl::FailedPreconditionError(internal::ToAbsl(message));
+    case EPERM:
+      return absl::PermissionDeniedError(internal::ToAbsl(message));
+    case EEXIST:
+      return absl::AlreadyExistsError(internal::ToAbsl(message));
+    default:
+      return absl::FailedPreconditionError(internal::ToAbsl(message));
   }
 }
 
@@ -69,7 +127,7 @@ absl::StatusOr<MasterSecret> MasterSecret::Generate() {
 absl::StatusOr<MasterSecret> ParseMasterSecretJson(std::span<const uint8_t> json) {
   // allow_exceptions = false: a syntax error yields a "discarded" value instead of throwing.
   SecureJson doc = SecureJson::parse(json.begin(), json.end(), nullptr, false);
-  if (doc.is_discarded()) return InvalidArgumentError("master secret: not valid JSON");
+  if (doc.is_discarded()) return SyntaxError(json);
   if (!doc.is_object()) return InvalidArgumentError("master secret: JSON is not an object");
   ASSIGN_OR_RETURN(SecretBytes key, DecodeField(doc, "key", kMinMasterKeySize));
   ASSIGN_OR_RETURN(SecretBytes salt, DecodeField(doc, "salt", kMinSaltSize));
@@ -137,12 +195,11 @@ absl::StatusOr<MasterSecret> ReadMasterSecretFile(const std::filesystem::path& p
     return InvalidArgumentError("master secret file {} grew beyond {} bytes", path.string(),
                                 kMaxMasterSecretFileSize);
   }
-  auto parsed =
-      ParseMasterSecretJson(buffer.Reveal(InsecureSecretAccess::Get()).first(size));
+  auto parsed = ParseMasterSecretJson(buffer.Reveal(InsecureSecretAccess::Get()).first(size));
   if (!parsed.ok()) {
-    return absl::Status(parsed.status().code(),
-                        internal::ToAbsl(fmt::format("{}: {}", path.string(),
-                                                     StatusMessage(parsed.status()))));
+    return absl::Status(
+        parsed.status().code(),
+        internal::ToAbsl(fmt::format("{}: {}", path.string(), StatusMessage(parsed.status()))));
   }
   return parsed;
 }

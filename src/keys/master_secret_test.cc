@@ -22,9 +22,9 @@ using ::keywarden::testing::LoadJson;
 const InsecureSecretAccess kToken = InsecureSecretAccess::Get();
 
 std::string ExampleJson() {
-  return LoadJson("constellation/constellation_vectors.json")["cluster_example"]
-                 ["mastersecret_json"]
-                     .get<std::string>();
+  return LoadJson(
+             "constellation/constellation_vectors.json")["cluster_example"]["mastersecret_json"]
+      .get<std::string>();
 }
 
 std::string Text(const SecretBytes& s) {
@@ -82,7 +82,8 @@ TEST(MasterSecretTest, EachInvalidInputHasItsOwnError) {
   const std::vector<BadCase> cases = {
       {"short key", R"({"key":"AAECAwQFBgcICQoLDA0O","salt":")" + good_salt + "\"}",
        "key is 15 bytes; at least 16 are required"},
-      {"short salt", R"({"key":")" + good_key + R"(","salt":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg=="})",
+      {"short salt",
+       R"({"key":")" + good_key + R"(","salt":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg=="})",
        "salt is 31 bytes; at least 32 are required"},
       {"bad base64 key", R"({"key":"AAEC*wQF","salt":")" + good_salt + "\"}",
        "field \"key\" is not valid base64"},
@@ -92,9 +93,12 @@ TEST(MasterSecretTest, EachInvalidInputHasItsOwnError) {
       {"missing salt", R"({"key":")" + good_key + "\"}", "missing field \"salt\""},
       {"key not a string", R"({"key":5,"salt":")" + good_salt + "\"}",
        "field \"key\" is not a string"},
-      {"not json", "key=AAEC", "not valid JSON"},
-      {"truncated", ExampleJson().substr(0, 40), "not valid JSON"},
-      {"empty", "", "not valid JSON"},
+      {"not json", "key=AAEC", "not valid JSON (syntax error at byte 1)"},
+      {"truncated", ExampleJson().substr(0, 40), "JSON ends early (truncated file?)"},
+      {"truncated after value", ExampleJson().substr(0, ExampleJson().size() - 1),
+       "JSON ends early"},
+      {"empty", "", "file is empty"},
+      {"blank", " \n\t", "file is empty"},
       {"array", "[1,2]", "JSON is not an object"},
   };
   std::set<std::string> messages;
@@ -108,7 +112,7 @@ TEST(MasterSecretTest, EachInvalidInputHasItsOwnError) {
     EXPECT_EQ(message.find(good_salt), std::string::npos) << c.name;
     messages.insert(message);
   }
-  // "not json", "truncated" and "empty" share a message; every other case has its own.
+  // Only the two truncations and the two empty inputs share a message.
   EXPECT_EQ(messages.size(), cases.size() - 2);
 }
 

@@ -24,8 +24,7 @@ absl::StatusOr<SecretBytes> HkdfSha256Extract(std::span<const uint8_t> salt,
 
 // HkdfSha256 is Extract followed by Expand (RFC 5869 §2). `length` must be in
 // [1, kHkdfSha256MaxOutput]; INVALID_ARGUMENT otherwise.
-absl::StatusOr<SecretBytes> HkdfSha256(std::span<const uint8_t> ikm,
-                                       std::span<const uint8_t> salt,
+absl::StatusOr<SecretBytes> HkdfSha256(std::span<const uint8_t> ikm, std::span<const uint8_t> salt,
                                        std::span<const uint8_t> info, size_t length);
 
 // HkdfSha256Expander performs HKDF-Expand (RFC 5869 §2.3) from one PRK, many times.
@@ -44,8 +43,8 @@ class HkdfSha256Expander {
   absl::StatusOr<SecretBytes> Expand(std::span<const uint8_t> info, size_t length) const;
   // ExpandParts is Expand with `info` given as the concatenation of `info_parts`, so callers
   // that prefix a label ("key-" || id) need not build the string.
-  absl::StatusOr<SecretBytes> ExpandParts(std::initializer_list<std::span<const uint8_t>> info_parts,
-                                          size_t length) const;
+  absl::StatusOr<SecretBytes> ExpandParts(
+      std::initializer_list<std::span<const uint8_t>> info_parts, size_t length) const;
 
   ~HkdfSha256Expander();
   HkdfSha256Expander(const HkdfSha256Expander&) = delete;
