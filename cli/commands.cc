@@ -99,4 +99,17 @@ int RunDerivePcr15(const std::string& cluster_id_hex) {
   return kExitOk;
 }
 
+int RunServe(const service::ServeOptions& options) {
+  const absl::Status status = service::RunKeyService(options);
+  if (!status.ok()) return Fail(status);
+  return kExitOk;
+}
+
+int RunDekGet(const service::ClientOptions& options, const std::string& id, size_t length) {
+  auto key = service::GetDataKeyRemote(options, id, static_cast<uint32_t>(length));
+  if (!key.ok()) return Fail(key.status());
+  PrintSecretHex(*key);
+  return kExitOk;
+}
+
 }  // namespace keywarden::cli

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <string>
 
+#include "keywarden/service/server.h"
+
 namespace keywarden::cli {
 
 inline constexpr int kExitOk = 0;
@@ -17,5 +19,7 @@ int RunDeriveDek(const std::string& master_secret_file, const std::string& id, s
 int RunDeriveDiskKey(const std::string& master_secret_file, const std::string& uuid);
 int RunDeriveClusterId(const std::string& master_secret_file, const std::string& salt_hex);
 int RunDerivePcr15(const std::string& cluster_id_hex);
+int RunServe(const service::ServeOptions& options);
+int RunDekGet(const service::ClientOptions& options, const std::string& id, size_t length);
 
 }  // namespace keywarden::cli

@@ -107,6 +107,67 @@ int main(int argc, char** argv) {
       ->required()
       ->check(HexBytes(keys::kDigestSize));
 
+  // serve
+  service::ServeOptions serve_options;
+  std::string log_format = "text";
+  double store_timeout_s = 2, drain_timeout_s = 10;
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "Run the key service: kms.API/GetDataKey (Constellation's API) and grpc.health.v1 on "
+      "--listen. The KEK lives in the cluster store (--store); an empty store is initialized "
+      "from DIR/mastersecret.json and DIR/cluster.json. Stops cleanly on SIGTERM.");
+  serve->add_option("--dir", serve_options.dir,
+                    "state directory from `keywarden init` (mastersecret.json, cluster.json, "
+                    "and the default store keywarden.db)")
+      ->capture_default_str();
+  serve->add_option("--listen", serve_options.listen, "gRPC address HOST:PORT (port 0: any)")
+      ->capture_default_str();
+  serve->add_option("--store", serve_options.store_uri,
+                    "cluster store: sqlite://PATH (default DIR/keywarden.db) or "
+                    "etcd://HOST:PORT[,HOST:PORT...][?ca=FILE&cert=FILE&key=FILE&prefix=P]");
+  serve->add_option("--master-secret", serve_options.master_secret,
+                    "mastersecret.json to initialize an empty store (default "
+                    "DIR/mastersecret.json if present); must match an initialized store");
+  serve->add_option("--metrics", serve_options.metrics_listen,
+                    "serve Prometheus metrics on HOST:PORT at /metrics (default off)");
+  serve->add_option("--tls-cert", serve_options.tls_cert, "PEM server certificate (enables TLS)");
+  serve->add_option("--tls-key", serve_options.tls_key, "PEM server private key");
+  serve->add_option("--tls-client-ca", serve_options.tls_client_ca,
+                    "PEM CA bundle: require and verify client certificates (mutual TLS)");
+  serve->add_option("--log-format", log_format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  serve->add_option("--store-timeout", store_timeout_s,
+                    "seconds a store operation may take before it counts as unreachable")
+      ->check(CLI::Range(0.1, 600.0))
+      ->capture_default_str();
+  serve->add_option("--drain-timeout", drain_timeout_s,
+                    "seconds to let in-flight calls finish after SIGTERM")
+      ->check(CLI::Range(0.0, 600.0))
+      ->capture_default_str();
+
+  // dek get
+  CLI::App* dek_cmd =
+      app.add_subcommand("dek", "Data-encryption keys from a running key service.");
+  dek_cmd->require_subcommand(0, 1);
+  service::ClientOptions client_options;
+  std::string get_id;
+  size_t get_length = keys::kDefaultDekSize;
+  double client_timeout_s = 10;
+  CLI::App* dek_get = dek_cmd->add_subcommand(
+      "get", "Call kms.API/GetDataKey and print the key in hex.");
+  dek_get->add_option("--endpoint", client_options.endpoint, "key service HOST:PORT")->required();
+  dek_get->add_option("--id", get_id, "data_key_id (without the \"key-\" prefix)")->required();
+  dek_get->add_option("--length", get_length, "key length in bytes")
+      ->check(CLI::Range(size_t{1}, keys::kMaxDekSize))
+      ->capture_default_str();
+  dek_get->add_option("--tls-ca", client_options.tls_ca, "PEM CA bundle (enables TLS)");
+  dek_get->add_option("--tls-cert", client_options.tls_cert, "PEM client certificate (mutual TLS)");
+  dek_get->add_option("--tls-key", client_options.tls_key, "PEM client private key");
+  dek_get->add_option("--timeout", client_timeout_s, "seconds to wait for the answer")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -120,8 +181,22 @@ int main(int argc, char** argv) {
   if (disk->parsed()) return cli::RunDeriveDiskKey(disk_secret, disk_uuid);
   if (cid->parsed()) return cli::RunDeriveClusterId(cid_secret, cid_salt);
   if (pcr->parsed()) return cli::RunDerivePcr15(pcr_cluster_id);
+  auto millis = [](double seconds) {
+    return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  };
+  if (serve->parsed()) {
+    serve_options.log_format =
+        log_format == "json" ? service::LogFormat::kJson : service::LogFormat::kText;
+    serve_options.store_timeout = millis(store_timeout_s);
+    serve_options.drain_timeout = millis(drain_timeout_s);
+    return cli::RunServe(serve_options);
+  }
+  if (dek_get->parsed()) {
+    client_options.timeout = millis(client_timeout_s);
+    return cli::RunDekGet(client_options, get_id, get_length);
+  }
   // No command (or `derive` without one): show what there is.
-  const CLI::App& shown = derive->parsed() ? *derive : app;
+  const CLI::App& shown = derive->parsed() ? *derive : dek_cmd->parsed() ? *dek_cmd : app;
   fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;
 }

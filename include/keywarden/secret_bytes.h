@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 namespace keywarden {
 
@@ -61,6 +62,14 @@ class SecretBytes {
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// SecureWipe overwrites `bytes` with zeros in a way the compiler cannot elide
+// (OPENSSL_cleanse). For buffers outside SecretBytes that briefly held key material, e.g. a
+// protobuf string after serialization.
+void SecureWipe(std::span<uint8_t> bytes);
+inline void SecureWipe(std::string& text) {
+  SecureWipe(std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()));
+}
 
 namespace internal {
 // SecureHeapStats reports how the secure heap backing SecretBytes is used; for tests and

@@ -61,6 +61,10 @@ void FreeDedicated(uint8_t* p, size_t size) {
 
 }  // namespace
 
+void SecureWipe(std::span<uint8_t> bytes) {
+  if (!bytes.empty()) OPENSSL_cleanse(bytes.data(), bytes.size());
+}
+
 namespace internal {
 
 void* SecureAllocate(size_t size) {

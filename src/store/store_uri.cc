@@ -1,1 +1,112 @@
-// placeholder
+#include <charconv>
+#include <string>
+
+#include "keywarden/status.h"
+#include "keywarden/store/etcd_kek_store.h"
+#include "keywarden/store/kek_store.h"
+#include "keywarden/store/sqlite_kek_store.h"
+
+namespace keywarden::store {
+namespace {
+
+constexpr std::string_view kSqliteScheme = "sqlite://";
+constexpr std::string_view kEtcdScheme = "etcd://";
+
+// PercentDecode decodes %XX escapes (RFC 3986 §2.1).
+absl::StatusOr<std::string> PercentDecode(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '%') {
+      out.push_back(text[i]);
+      continue;
+    }
+    unsigned value = 0;
+    if (i + 2 >= text.size() ||
+        std::from_chars(text.data() + i + 1, text.data() + i + 3, value, 16).ptr !=
+            text.data() + i + 3) {
+      return InvalidArgumentError("bad percent-escape in store URI");
+    }
+    out.push_back(static_cast<char>(value));
+    i += 2;
+  }
+  return out;
+}
+
+absl::Status CheckEndpoint(std::string_view endpoint) {
+  const size_t colon = endpoint.rfind(':');
+  unsigned port = 0;
+  if (colon == std::string_view::npos || colon == 0 ||
+      std::from_chars(endpoint.data() + colon + 1, endpoint.data() + endpoint.size(), port).ptr !=
+          endpoint.data() + endpoint.size() ||
+      port == 0 || port > 65535) {
+    return InvalidArgumentError("etcd endpoint \"{}\" is not HOST:PORT", Printable(endpoint));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EtcdOptions> ParseEtcdUri(std::string_view rest, const StoreOptions& options) {
+  EtcdOptions etcd;
+  etcd.store = options;
+  const size_t question = rest.find('?');
+  const std::string_view hosts = rest.substr(0, question);
+  size_t start = 0;
+  while (start <= hosts.size()) {
+    const size_t comma = hosts.find(',', start);
+    const std::string_view endpoint =
+        hosts.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    RETURN_IF_ERROR(CheckEndpoint(endpoint));
+    etcd.endpoints.emplace_back(endpoint);
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  if (question == std::string_view::npos) return etcd;
+  std::string_view query = rest.substr(question + 1);
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const size_t eq = pair.find('=');
+    if (eq == std::string_view::npos) {
+      return InvalidArgumentError("store URI parameter \"{}\" has no value", Printable(pair));
+    }
+    const std::string_view name = pair.substr(0, eq);
+    ASSIGN_OR_RETURN(std::string value, PercentDecode(pair.substr(eq + 1)));
+    if (name == "ca") {
+      etcd.ca_file = value;
+    } else if (name == "cert") {
+      etcd.cert_file = value;
+    } else if (name == "key") {
+      etcd.key_file = value;
+    } else if (name == "prefix") {
+      etcd.prefix = value;
+    } else {
+      return InvalidArgumentError(
+          "unknown etcd store URI parameter \"{}\" (known: ca, cert, key, prefix)",
+          Printable(name));
+    }
+  }
+  if (etcd.cert_file.empty() != etcd.key_file.empty()) {
+    return InvalidArgumentError("etcd store URI: cert and key must be given together");
+  }
+  return etcd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KekStore>> OpenKekStore(std::string_view uri,
+                                                       const StoreOptions& options) {
+  if (uri.starts_with(kSqliteScheme)) {
+    ASSIGN_OR_RETURN(std::string path, PercentDecode(uri.substr(kSqliteScheme.size())));
+    if (path.empty()) return InvalidArgumentError("sqlite store URI has no path");
+    return NewSqliteKekStore(path, options);
+  }
+  if (uri.starts_with(kEtcdScheme)) {
+    ASSIGN_OR_RETURN(EtcdOptions etcd, ParseEtcdUri(uri.substr(kEtcdScheme.size()), options));
+    return NewEtcdKekStore(etcd);
+  }
+  return InvalidArgumentError(
+      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]",
+      Printable(uri));
+}
+
+}  // namespace keywarden::store

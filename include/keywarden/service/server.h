@@ -1,0 +1,60 @@
+// The key service process (`keywarden serve`) and its client (`keywarden dek get`).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "keywarden/secret_bytes.h"
+#include "keywarden/service/log.h"
+
+namespace keywarden::service {
+
+struct ServeOptions {
+  // dir holds mastersecret.json and cluster.json (from `keywarden init`) and, by default, the
+  // embedded store keywarden.db.
+  std::filesystem::path dir = "./keywarden-state";
+  std::string listen = "127.0.0.1:9000";
+  // store_uri: empty means sqlite://DIR/keywarden.db.
+  std::string store_uri;
+  // master_secret: empty means DIR/mastersecret.json when that file exists. Needed only to
+  // initialize an empty store (and then DIR/cluster.json supplies the measurement salt); when
+  // given and the store is initialized, it must match the stored KEK.
+  std::filesystem::path master_secret;
+  // metrics_listen: HOST:PORT for Prometheus text metrics at /metrics; empty = off.
+  std::string metrics_listen;
+  // TLS on the gRPC port: cert + key enable TLS; client_ca additionally requires and verifies
+  // client certificates (mutual TLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  LogFormat log_format = LogFormat::kText;
+  std::chrono::milliseconds store_timeout{2000};
+  std::chrono::milliseconds store_check_interval{1000};
+  std::chrono::milliseconds store_stale_after{5000};
+  std::chrono::milliseconds drain_timeout{10000};
+};
+
+// RunKeyService serves kms.API/GetDataKey and grpc.health.v1 until SIGTERM or SIGINT, then
+// drains in-flight calls (up to drain_timeout) and returns OK. Once listening it prints
+// "listening on HOST:PORT" on stdout. Errors before serving (store unreachable, no KEK and no
+// master secret, a master secret of another cluster, a port in use, unreadable TLS files) are
+// returned with a message that says what to do.
+absl::Status RunKeyService(const ServeOptions& options);
+
+struct ClientOptions {
+  std::string endpoint;   // HOST:PORT
+  std::string tls_ca;     // PEM CA bundle: enables TLS when set
+  std::string tls_cert;   // client certificate for mutual TLS, with tls_key
+  std::string tls_key;
+  std::chrono::milliseconds timeout{10000};
+};
+
+// GetDataKeyRemote calls kms.API/GetDataKey. Errors carry the gRPC status code and message.
+absl::StatusOr<SecretBytes> GetDataKeyRemote(const ClientOptions& options, const std::string& id,
+                                             uint32_t length);
+
+}  // namespace keywarden::service

@@ -1,0 +1,381 @@
+#include "keywarden/service/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "keywarden/crypto/encoding.h"
+#include "keywarden/keys/cluster.h"
+#include "keywarden/keys/master_secret.h"
+#include "keywarden/service/key_service.h"
+#include "keywarden/service/metrics.h"
+#include "keywarden/status.h"
+#include "keywarden/store/kek_store.h"
+#include "kms.grpc.pb.h"
+
+namespace keywarden::service {
+namespace {
+
+namespace fs = std::filesystem;
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), StatusMessage(status));
+}
+
+// ReadPem reads a PEM file for TLS setup. Key files are secrets: the caller wipes the result.
+absl::StatusOr<std::string> ReadPem(const std::string& path, std::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return FailedPreconditionError("cannot read {} {}: {}", what, path, std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// KmsService implements kms.API/GetDataKey on raw bytes, so that a request that is not a valid
+// GetDataKeyRequest gets INVALID_ARGUMENT (gRPC's generated handler would answer INTERNAL).
+class KmsService : public kms::API::WithRawCallbackMethod_GetDataKey<kms::API::Service> {
+ public:
+  KmsService(const KeyService* keys, Metrics* metrics) : keys_(keys), metrics_(metrics) {}
+
+  grpc::ServerUnaryReactor* GetDataKey(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override {
+    const auto start = std::chrono::steady_clock::now();
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    const grpc::Status status = Handle(request, response);
+    metrics_->RecordRequest(status.error_code(), std::chrono::steady_clock::now() - start);
+    reactor->Finish(status);
+    return reactor;
+  }
+
+ private:
+  grpc::Status Handle(const grpc::ByteBuffer* request, grpc::ByteBuffer* response) const {
+    kms::GetDataKeyRequest parsed;
+    grpc::ByteBuffer copy(*request);  // shares the slices; ProtoBufferReader needs non-const
+    grpc::ProtoBufferReader reader(&copy);
+    if (!parsed.ParseFromZeroCopyStream(&reader)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "request is not a valid kms.GetDataKeyRequest");
+    }
+    absl::StatusOr<SecretBytes> key = keys_->GetDataKey(parsed.data_key_id(), parsed.length());
+    if (!key.ok()) return ToGrpc(key.status());
+    kms::GetDataKeyResponse answer;
+    const auto bytes = key->Reveal(InsecureSecretAccess::Get());
+    answer.set_data_key(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    bool own_buffer = false;
+    const grpc::Status serialized =
+        grpc::SerializationTraits<kms::GetDataKeyResponse>::Serialize(answer, response,
+                                                                      &own_buffer);
+    // The DEK now lives in gRPC's send buffer; do not leave another copy in the heap.
+    SecureWipe(*answer.mutable_data_key());
+    return serialized;
+  }
+
+  const KeyService* const keys_;
+  Metrics* const metrics_;
+};
+
+// HealthBridge forwards store health to grpc.health.v1 once the server exists.
+class HealthBridge {
+ public:
+  void Attach(grpc::HealthCheckServiceInterface* health, bool serving) {
+    std::lock_guard<std::mutex> lock(mu_);
+    health_ = health;
+    ApplyLocked(serving);
+  }
+  void Set(bool serving) {
+    std::lock_guard<std::mutex> lock(mu_);
+    serving_ = serving;
+    ApplyLocked(serving);
+  }
+  void Shutdown() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (health_ != nullptr) health_->Shutdown();
+    health_ = nullptr;
+  }
+
+ private:
+  void ApplyLocked(bool serving) {
+    if (health_ == nullptr) return;
+    health_->SetServingStatus(serving);
+    health_->SetServingStatus("kms.API", serving);
+  }
+  std::mutex mu_;
+  grpc::HealthCheckServiceInterface* health_ = nullptr;
+  bool serving_ = true;
+};
+
+const char* HealthName(StoreHealth health) {
+  switch (health) {
+    case StoreHealth::kConfirmed: return "confirmed";
+    case StoreHealth::kStale: return "stale";
+    case StoreHealth::kMismatch: return "mismatch";
+  }
+  return "unknown";
+}
+
+// RecordFromMasterSecret computes the record a master secret and DIR/cluster.json imply.
+absl::StatusOr<store::KekRecord> RecordFromMasterSecret(const fs::path& secret_path,
+                                                        const fs::path& dir) {
+  ASSIGN_OR_RETURN(keys::MasterSecret secret, keys::ReadMasterSecretFile(secret_path));
+  ASSIGN_OR_RETURN(keys::ClusterInfo info, keys::ReadClusterInfo(dir));
+  ASSIGN_OR_RETURN(keys::ClusterInfo computed,
+                   keys::ComputeClusterInfo(secret, info.measurement_salt));
+  if (computed.cluster_id != info.cluster_id) {
+    return FailedPreconditionError(
+        "{} does not belong to {}: the clusterID it records is not derived from this master "
+        "secret",
+        (dir / keys::kClusterFileName).string(), secret_path.string());
+  }
+  ASSIGN_OR_RETURN(auto kek, keys::Kek::FromMasterSecret(secret));
+  return store::KekRecord{kek->bytes().Clone(), info.measurement_salt};
+}
+
+// ResolveRecord loads the store's record, or initializes an empty store from the master secret.
+absl::StatusOr<store::KekRecord> ResolveRecord(store::KekStore& store, const ServeOptions& options,
+                                               const Logger& log) {
+  fs::path secret_path = options.master_secret;
+  if (secret_path.empty() && fs::exists(options.dir / keys::kMasterSecretFileName)) {
+    secret_path = options.dir / keys::kMasterSecretFileName;
+  }
+  std::optional<store::KekRecord> from_secret;
+  if (!secret_path.empty()) {
+    ASSIGN_OR_RETURN(store::KekRecord record, RecordFromMasterSecret(secret_path, options.dir));
+    from_secret = std::move(record);
+  }
+  absl::StatusOr<store::KekRecord> stored = store.Load();
+  if (stored.status().code() == absl::StatusCode::kNotFound) {
+    if (!from_secret) {
+      return FailedPreconditionError(
+          "cluster store {} holds no KEK and no master secret was given to initialize it: run "
+          "`keywarden init --dir DIR` and start with --dir DIR (or --master-secret FILE)",
+          store.Describe());
+    }
+    log.Info("initializing empty cluster store", {{"store", store.Describe()}});
+    stored = store.InitializeOrLoad(*from_secret);
+  }
+  if (!stored.ok()) return stored.status();
+  if (from_secret && !store::SameKekRecord(*stored, *from_secret)) {
+    return FailedPreconditionError(
+        "cluster store {} holds the KEK of another cluster (fingerprint {}) than {} (fingerprint "
+        "{}); refusing to serve",
+        store.Describe(), store::KekFingerprint(stored->kek), secret_path.string(),
+        store::KekFingerprint(from_secret->kek));
+  }
+  return stored;
+}
+
+absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port = -1;
+  if (colon != std::string::npos) {
+    try {
+      port = std::stoi(address.substr(colon + 1));
+    } catch (...) {
+      port = -1;
+    }
+  }
+  if (colon == std::string::npos || colon == 0 || port < 0 || port > 65535) {
+    return InvalidArgumentError("\"{}\" is not HOST:PORT", Printable(address));
+  }
+  return std::make_pair(address.substr(0, colon), port);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const ServeOptions& options) {
+  if (options.tls_cert.empty() && options.tls_key.empty()) {
+    if (!options.tls_client_ca.empty()) {
+      return InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (options.tls_cert.empty() || options.tls_key.empty()) {
+    return InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  ASSIGN_OR_RETURN(std::string cert, ReadPem(options.tls_cert, "TLS certificate"));
+  ASSIGN_OR_RETURN(std::string key, ReadPem(options.tls_key, "TLS private key"));
+  ssl.pem_key_cert_pairs.push_back({key, cert});
+  SecureWipe(key);
+  if (!options.tls_client_ca.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.tls_client_ca, "client CA bundle"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  auto credentials = grpc::SslServerCredentials(ssl);
+  SecureWipe(ssl.pem_key_cert_pairs[0].private_key);
+  return credentials;
+}
+
+void HardenProcess() {
+  // Security: no core dumps, no ptrace attach by other processes of the same user.
+  (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  rlimit no_core{0, 0};
+  (void)setrlimit(RLIMIT_CORE, &no_core);
+}
+
+}  // namespace
+
+absl::Status RunKeyService(const ServeOptions& options) {
+  HardenProcess();
+  // Block the stop signals in every thread (threads inherit the mask); one sigwait below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  Logger log(options.log_format);
+  ASSIGN_OR_RETURN(auto credentials, ServerCredentials(options));
+  std::optional<std::pair<std::string, int>> metrics_address;
+  if (!options.metrics_listen.empty()) {
+    ASSIGN_OR_RETURN(metrics_address, SplitHostPort(options.metrics_listen));
+  }
+
+  const std::string store_uri = options.store_uri.empty()
+                                    ? "sqlite://" + (options.dir / "keywarden.db").string()
+                                    : options.store_uri;
+  if (store_uri.starts_with("sqlite://") && !fs::is_directory(options.dir) &&
+      options.store_uri.empty()) {
+    return FailedPreconditionError(
+        "{} does not exist: run `keywarden init --dir {}` first, or give --store",
+        options.dir.string(), options.dir.string());
+  }
+  store::StoreOptions store_options;
+  store_options.timeout = options.store_timeout;
+  absl::StatusOr<std::unique_ptr<store::KekStore>> store =
+      store::OpenKekStore(store_uri, store_options);
+  if (!store.ok()) {
+    return absl::Status(store.status().code(),
+                        internal::ToAbsl(fmt::format("cannot open cluster store: {}",
+                                                     StatusMessage(store.status()))));
+  }
+  absl::StatusOr<store::KekRecord> record = ResolveRecord(**store, options, log);
+  if (!record.ok()) return record.status();
+
+  Metrics metrics;
+  HealthBridge health;
+  KeyService::Options service_options;
+  service_options.check_interval = options.store_check_interval;
+  service_options.stale_after = options.store_stale_after;
+  service_options.on_store_error = [&](const absl::Status& error) {
+    metrics.RecordStoreError();
+    log.Warn("cluster store read failed", {{"error", StatusMessage(error)}});
+  };
+  service_options.on_health_change = [&](StoreHealth state, const absl::Status& reason) {
+    const bool up = state == StoreHealth::kConfirmed;
+    metrics.SetStoreUp(up);
+    health.Set(up);
+    if (up) {
+      log.Info("cluster store confirms the KEK again; serving");
+    } else {
+      log.Error("not serving keys", {{"store_health", HealthName(state)},
+                                     {"reason", StatusMessage(reason)}});
+    }
+  };
+  ASSIGN_OR_RETURN(std::unique_ptr<KeyService> keys,
+                   KeyService::Start(std::move(*store), std::move(*record), service_options));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  KmsService kms_service(keys.get(), &metrics);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, credentials, &port);
+  builder.RegisterService(&kms_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return UnavailableError("cannot listen on {} (address in use or invalid)", options.listen);
+  }
+  health.Attach(server->GetHealthCheckService(), keys->health() == StoreHealth::kConfirmed);
+
+  httplib::Server metrics_server;
+  std::thread metrics_thread;
+  if (metrics_address) {
+    metrics_server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics.Render(), "text/plain; version=0.0.4");
+    });
+    if (!metrics_server.bind_to_port(metrics_address->first.c_str(), metrics_address->second)) {
+      server->Shutdown();
+      return UnavailableError("cannot listen for metrics on {}", options.metrics_listen);
+    }
+    metrics_thread = std::thread([&metrics_server] { metrics_server.listen_after_bind(); });
+  }
+
+  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
+  const std::string bound = fmt::format("{}:{}", host, port);
+  log.Info("serving kms.API",
+           {{"listen", bound},
+            {"tls", options.tls_cert.empty() ? "off"
+                    : options.tls_client_ca.empty() ? "server"
+                                                    : "mutual"},
+            {"store", keys->store_description()},
+            {"cluster_id", crypto::HexEncode(keys->cluster_id())},
+            {"kek_fingerprint", keys->kek_fingerprint()},
+            {"metrics", options.metrics_listen.empty() ? "off" : options.metrics_listen}});
+  fmt::print("listening on {}\n", bound);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  log.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  health.Set(false);
+  server->Shutdown(std::chrono::system_clock::now() + options.drain_timeout);
+  server->Wait();
+  health.Shutdown();
+  if (metrics_address) {
+    metrics_server.stop();
+    metrics_thread.join();
+  }
+  keys.reset();
+  log.Info("stopped");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SecretBytes> GetDataKeyRemote(const ClientOptions& options, const std::string& id,
+                                             uint32_t length) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca.empty() || !options.tls_cert.empty()) {
+    if (options.tls_cert.empty() != options.tls_key.empty()) {
+      return InvalidArgumentError("--tls-cert and --tls-key go together");
+    }
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_ca.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.tls_ca, "CA bundle"));
+    }
+    if (!options.tls_cert.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(options.tls_cert, "TLS certificate"));
+      ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(options.tls_key, "TLS private key"));
+    }
+    credentials = grpc::SslCredentials(ssl);
+    SecureWipe(ssl.pem_private_key);
+  }
+  auto channel = grpc::CreateChannel(options.endpoint, credentials);
+  auto stub = kms::API::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + options.timeout);
+  kms::GetDataKeyRequest request;
+  request.set_data_key_id(id);
+  request.set_length(length);
+  kms::GetDataKeyResponse response;
+  const grpc::Status status = stub->GetDataKey(&context, request, &response);
+  if (!status.ok()) {
+    return MakeStatus(static_cast<absl::StatusCode>(status.error_code()), "{}: {}",
+                      options.endpoint, status.error_message());
+  }
+  SecretBytes key(std::span<const uint8_t>(
+      reinterpret_cast<const uint8_t*>(response.data_key().data()), response.data_key().size()));
+  SecureWipe(*response.mutable_data_key());
+  return key;
+}
+
+}  // namespace keywarden::service
