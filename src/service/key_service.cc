@@ -71,8 +71,13 @@ absl::StatusOr<SecretBytes> KeyService::GetDataKey(std::string_view id, uint64_t
   }
   const int64_t age_ns = NowNs() - last_confirmed_ns_.load(std::memory_order_acquire);
   if (age_ns > std::chrono::nanoseconds(options_.stale_after).count()) {
-    return UnavailableError("cluster store {} has not confirmed the KEK for {} ms",
-                            store_->Describe(), age_ns / 1000000);
+    absl::Status unavailable = UnavailableError(
+        "cluster store {} has not confirmed the KEK for {} ms", store_->Describe(),
+        age_ns / 1000000);
+    if (health_.load(std::memory_order_acquire) == StoreHealth::kConfirmed) {
+      SetHealth(StoreHealth::kStale, unavailable);
+    }
+    return unavailable;
   }
   return kek_->DeriveDek(id, static_cast<size_t>(length));
 }
@@ -82,7 +87,7 @@ void KeyService::CheckStoreNow() {
   if (!stored.ok() && options_.on_store_error) options_.on_store_error(stored.status());
   if (stored.ok() && store::SameKekRecord(*stored, record_)) {
     last_confirmed_ns_.store(NowNs(), std::memory_order_release);
-    if (health_.load() != StoreHealth::kMismatch) SetHealth(StoreHealth::kConfirmed, {});
+    SetHealth(StoreHealth::kConfirmed, {});
     return;
   }
   if (stored.ok() || stored.status().code() == absl::StatusCode::kNotFound ||
@@ -96,15 +101,18 @@ void KeyService::CheckStoreNow() {
     return;
   }
   const int64_t age_ns = NowNs() - last_confirmed_ns_.load(std::memory_order_acquire);
-  if (age_ns > std::chrono::nanoseconds(options_.stale_after).count() &&
-      health_.load() != StoreHealth::kMismatch) {
+  if (age_ns > std::chrono::nanoseconds(options_.stale_after).count()) {
     SetHealth(StoreHealth::kStale, stored.status());
   }
 }
 
-void KeyService::SetHealth(StoreHealth health, const absl::Status& reason) {
-  const StoreHealth old = health_.exchange(health, std::memory_order_acq_rel);
-  if (old != health && options_.on_health_change) options_.on_health_change(health, reason);
+void KeyService::SetHealth(StoreHealth health, const absl::Status& reason) const {
+  StoreHealth old = health_.load(std::memory_order_acquire);
+  // Never leave kMismatch; otherwise move to `health` if nobody else changed it meanwhile.
+  do {
+    if (old == StoreHealth::kMismatch || old == health) return;
+  } while (!health_.compare_exchange_weak(old, health, std::memory_order_acq_rel));
+  if (options_.on_health_change) options_.on_health_change(health, reason);
 }
 
 void KeyService::CheckerLoop() {

@@ -289,6 +289,9 @@ absl::Status RunKeyService(const ServeOptions& options) {
   grpc::EnableDefaultHealthCheckService(true);
   KmsService kms_service(keys.get(), &metrics);
   grpc::ServerBuilder builder;
+  // Security: without this, gRPC sets SO_REUSEPORT and a second process could bind the same
+  // port and receive a share of the key requests.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   int port = 0;
   builder.AddListeningPort(options.listen, credentials, &port);
   builder.RegisterService(&kms_service);

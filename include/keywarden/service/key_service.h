@@ -78,7 +78,7 @@ class KeyService {
   KeyService(std::unique_ptr<store::KekStore> store, store::KekRecord record,
              std::unique_ptr<keys::Kek> kek, keys::ClusterId cluster_id, Options options);
   void CheckerLoop();
-  void SetHealth(StoreHealth health, const absl::Status& reason);
+  void SetHealth(StoreHealth health, const absl::Status& reason) const;
 
   const std::unique_ptr<store::KekStore> store_;
   const store::KekRecord record_;
@@ -87,7 +87,8 @@ class KeyService {
   const std::string fingerprint_;
   const Options options_;
 
-  std::atomic<StoreHealth> health_{StoreHealth::kConfirmed};
+  // mutable: a request that finds the confirmation too old marks the service stale at once.
+  mutable std::atomic<StoreHealth> health_{StoreHealth::kConfirmed};
   // Last confirmation, as steady_clock nanoseconds since its epoch.
   std::atomic<int64_t> last_confirmed_ns_;
 
