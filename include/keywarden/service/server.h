@@ -39,7 +39,8 @@ struct ServeOptions {
 };
 
 // RunKeyService serves kms.API/GetDataKey and grpc.health.v1 until SIGTERM or SIGINT, then
-// drains in-flight calls (up to drain_timeout) and returns OK. Once listening it prints
+// stops accepting calls, lets in-flight calls finish and waits for clients to close their
+// connections (gRPC sends them GOAWAY), at most drain_timeout, and returns OK. Once listening it prints
 // "listening on HOST:PORT" on stdout. Errors before serving (store unreachable, no KEK and no
 // master secret, a master secret of another cluster, a port in use, unreadable TLS files) are
 // returned with a message that says what to do.
