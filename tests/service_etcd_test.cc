@@ -27,8 +27,8 @@ class Cluster {
   const std::filesystem::path& dir() const { return dir_; }
   std::string Derive(const std::string& id, size_t length = 32) const {
     const RunResult r = keywarden::testing::Run(
-        {KEYWARDEN_BINARY, "derive", "dek", "--master-secret", (dir_ / "mastersecret.json").string(),
-         "--id", id, "--length", std::to_string(length)});
+        {KEYWARDEN_BINARY, "derive", "dek", "--master-secret",
+         (dir_ / "mastersecret.json").string(), "--id", id, "--length", std::to_string(length)});
     EXPECT_TRUE(r.ok()) << r;
     auto bytes = crypto::HexDecode(r.stdout_text.substr(0, r.stdout_text.find('\n')));
     return bytes.ok() ? std::string(bytes->begin(), bytes->end()) : std::string();
@@ -67,8 +67,7 @@ TEST(ServiceEtcdTest, ReplicasShareOneKekAndSurviveLeaderAndReplicaKills) {
   ServiceProcess a({"--dir", cluster.dir().string(), "--store", EtcdUri(etcd)}, temp / "a.log");
   ASSERT_TRUE(a.Start()) << a.stderr_text();
   std::filesystem::create_directories(temp / "empty");
-  ServiceProcess b({"--dir", (temp / "empty").string(), "--store", EtcdUri(etcd)},
-                   temp / "b.log");
+  ServiceProcess b({"--dir", (temp / "empty").string(), "--store", EtcdUri(etcd)}, temp / "b.log");
   ASSERT_TRUE(b.Start()) << b.stderr_text();
   ExpectKeys(a.endpoint(), expected);
   ExpectKeys(b.endpoint(), expected);
@@ -114,7 +113,8 @@ TEST(ServiceEtcdTest, ReplicasShareOneKekAndSurviveLeaderAndReplicaKills) {
   ExpectKeys(a.endpoint(), expected);
   const std::string logs = a.stderr_text() + b.stderr_text() + b2.stderr_text();
   for (const auto& [id, key] : expected) {
-    EXPECT_EQ(logs.find(HexOf(key).substr(0, 16)), std::string::npos) << "key of " << id << " logged";
+    EXPECT_EQ(logs.find(HexOf(key).substr(0, 16)), std::string::npos)
+        << "key of " << id << " logged";
   }
 }
 
@@ -163,9 +163,9 @@ TEST(ServiceEtcdTest, LosingTheStoreGivesUnavailableNeverAnotherKey) {
   ASSERT_TRUE(etcd.Start());
   Cluster cluster(temp, "state");
   const auto expected = cluster.Expected(2);
-  ServiceProcess server({"--dir", cluster.dir().string(), "--store", EtcdUri(etcd),
-                         "--store-timeout", "1"},
-                        temp / "s.log");
+  ServiceProcess server(
+      {"--dir", cluster.dir().string(), "--store", EtcdUri(etcd), "--store-timeout", "1"},
+      temp / "s.log");
   ASSERT_TRUE(server.Start()) << server.stderr_text();
   ExpectKeys(server.endpoint(), expected);
   KmsClient client(server.endpoint());

@@ -17,8 +17,7 @@
 
 namespace keywarden::testing {
 
-ServiceProcess::ServiceProcess(std::vector<std::string> serve_args,
-                               std::filesystem::path log_file)
+ServiceProcess::ServiceProcess(std::vector<std::string> serve_args, std::filesystem::path log_file)
     : args_(std::move(serve_args)), log_file_(std::move(log_file)) {}
 
 ServiceProcess::~ServiceProcess() {
@@ -155,13 +154,12 @@ CallResult RawCall(grpc::Channel* channel, const std::string& method, const std:
   std::condition_variable cv;
   bool done = false;
   grpc::Status status;
-  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   status = std::move(s);
-                   done = true;
-                   cv.notify_one();
-                 });
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    status = std::move(s);
+    done = true;
+    cv.notify_one();
+  });
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return done; });
   std::string bytes;

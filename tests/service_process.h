@@ -69,9 +69,9 @@ struct CallResult {
 
 class KmsClient {
  public:
-  explicit KmsClient(const std::string& endpoint,
-                     std::shared_ptr<grpc::ChannelCredentials> credentials =
-                         grpc::InsecureChannelCredentials());
+  explicit KmsClient(
+      const std::string& endpoint,
+      std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials());
   CallResult GetDataKey(const std::string& id, uint32_t length,
                         std::chrono::milliseconds deadline = std::chrono::seconds(5));
   // Raw sends `request_bytes` as the body of kms.API/GetDataKey without protobuf encoding.

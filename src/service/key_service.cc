@@ -23,16 +23,14 @@ absl::StatusOr<std::unique_ptr<KeyService>> KeyService::Start(
   ASSIGN_OR_RETURN(SecretBytes measurement_secret, kek->MeasurementSecret());
   ASSIGN_OR_RETURN(keys::ClusterId cluster_id,
                    keys::DeriveClusterId(measurement_secret, record.measurement_salt));
-  std::unique_ptr<KeyService> service(new KeyService(std::move(store), std::move(record),
-                                                     std::move(kek), cluster_id,
-                                                     std::move(options)));
+  std::unique_ptr<KeyService> service(new KeyService(
+      std::move(store), std::move(record), std::move(kek), cluster_id, std::move(options)));
   service->checker_ = std::thread([s = service.get()] { s->CheckerLoop(); });
   return service;
 }
 
 KeyService::KeyService(std::unique_ptr<store::KekStore> store, store::KekRecord record,
-                       std::unique_ptr<keys::Kek> kek, keys::ClusterId cluster_id,
-                       Options options)
+                       std::unique_ptr<keys::Kek> kek, keys::ClusterId cluster_id, Options options)
     : store_(std::move(store)),
       record_(std::move(record)),
       kek_(std::move(kek)),
@@ -71,9 +69,9 @@ absl::StatusOr<SecretBytes> KeyService::GetDataKey(std::string_view id, uint64_t
   }
   const int64_t age_ns = NowNs() - last_confirmed_ns_.load(std::memory_order_acquire);
   if (age_ns > std::chrono::nanoseconds(options_.stale_after).count()) {
-    absl::Status unavailable = UnavailableError(
-        "cluster store {} has not confirmed the KEK for {} ms", store_->Describe(),
-        age_ns / 1000000);
+    absl::Status unavailable =
+        UnavailableError("cluster store {} has not confirmed the KEK for {} ms", store_->Describe(),
+                         age_ns / 1000000);
     if (health_.load(std::memory_order_acquire) == StoreHealth::kConfirmed) {
       SetHealth(StoreHealth::kStale, unavailable);
     }

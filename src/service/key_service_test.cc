@@ -65,11 +65,15 @@ class KeyServiceTest : public ::testing::Test {
     KeyService::Options options;
     options.check_interval = 1h;  // the test drives CheckStoreNow itself
     options.stale_after = 50ms;
-    options.on_health_change = [this](StoreHealth h, const absl::Status&) { changes_.push_back(h); };
+    options.on_health_change = [this](StoreHealth h, const absl::Status&) {
+      changes_.push_back(h);
+    };
     service_ = *KeyService::Start(std::move(store), RecordFrom(secret_, salt_), options);
   }
 
-  std::string Hex(const SecretBytes& s) { return crypto::HexEncode(s.Reveal(InsecureSecretAccess::Get())); }
+  std::string Hex(const SecretBytes& s) {
+    return crypto::HexEncode(s.Reveal(InsecureSecretAccess::Get()));
+  }
 
   keys::MasterSecret secret_;
   std::vector<uint8_t> salt_;
@@ -140,8 +144,8 @@ TEST(KeyServiceStartTest, RefusesMalformedRecord) {
   auto secret = *keys::MasterSecret::Generate();
   auto kek = *keys::Kek::FromMasterSecret(secret);
   store::KekRecord record{kek->bytes().Clone(), std::vector<uint8_t>(31)};
-  auto store = std::make_unique<MemoryStore>(store::KekRecord{kek->bytes().Clone(),
-                                                              std::vector<uint8_t>(32)});
+  auto store = std::make_unique<MemoryStore>(
+      store::KekRecord{kek->bytes().Clone(), std::vector<uint8_t>(32)});
   EXPECT_FALSE(KeyService::Start(std::move(store), std::move(record), {}).ok());
 }
 

@@ -25,8 +25,8 @@ std::string TextValue(std::string_view value) {
 }  // namespace
 
 Logger::Logger(LogFormat format) : format_(format) {
-  logger_ = std::make_shared<spdlog::logger>(
-      "keywarden", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  logger_ = std::make_shared<spdlog::logger>("keywarden",
+                                             std::make_shared<spdlog::sinks::stderr_sink_mt>());
   if (format == LogFormat::kJson) {
     logger_->set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l",%v})",
                          spdlog::pattern_time_type::utc);

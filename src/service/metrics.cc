@@ -10,10 +10,10 @@ namespace keywarden::service {
 namespace {
 
 constexpr const char* kCodeNames[Metrics::kCodes] = {
-    "OK",        "CANCELLED",          "UNKNOWN",        "INVALID_ARGUMENT",  "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",
-    "UNAVAILABLE", "DATA_LOSS",        "UNAUTHENTICATED"};
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
 
 template <typename... Args>
 void Append(std::string& out, fmt::format_string<Args...> format, Args&&... args) {
@@ -42,8 +42,8 @@ std::string Metrics::Render() const {
   for (int code = 0; code < kCodes; ++code) {
     const uint64_t n = requests_[static_cast<size_t>(code)].load(std::memory_order_relaxed);
     if (n == 0 && code != 0) continue;
-    Append(out, "keywarden_requests_total{{method=\"GetDataKey\",code=\"{}\"}} {}\n", kCodeNames[code],
-           n);
+    Append(out, "keywarden_requests_total{{method=\"GetDataKey\",code=\"{}\"}} {}\n",
+           kCodeNames[code], n);
   }
   Append(out, "# HELP keywarden_request_duration_seconds GetDataKey latency in the server.\n");
   Append(out, "# TYPE keywarden_request_duration_seconds histogram\n");

@@ -36,7 +36,8 @@ grpc::Status ToGrpc(const absl::Status& status) {
 // ReadPem reads a PEM file for TLS setup. Key files are secrets: the caller wipes the result.
 absl::StatusOr<std::string> ReadPem(const std::string& path, std::string_view what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return FailedPreconditionError("cannot read {} {}: {}", what, path, std::strerror(errno));
+  if (!in)
+    return FailedPreconditionError("cannot read {} {}: {}", what, path, std::strerror(errno));
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
@@ -74,9 +75,8 @@ class KmsService : public kms::API::WithRawCallbackMethod_GetDataKey<kms::API::S
     const auto bytes = key->Reveal(InsecureSecretAccess::Get());
     answer.set_data_key(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     bool own_buffer = false;
-    const grpc::Status serialized =
-        grpc::SerializationTraits<kms::GetDataKeyResponse>::Serialize(answer, response,
-                                                                      &own_buffer);
+    const grpc::Status serialized = grpc::SerializationTraits<kms::GetDataKeyResponse>::Serialize(
+        answer, response, &own_buffer);
     // The DEK now lives in gRPC's send buffer; do not leave another copy in the heap.
     SecureWipe(*answer.mutable_data_key());
     return serialized;
@@ -118,9 +118,12 @@ class HealthBridge {
 
 const char* HealthName(StoreHealth health) {
   switch (health) {
-    case StoreHealth::kConfirmed: return "confirmed";
-    case StoreHealth::kStale: return "stale";
-    case StoreHealth::kMismatch: return "mismatch";
+    case StoreHealth::kConfirmed:
+      return "confirmed";
+    case StoreHealth::kStale:
+      return "stale";
+    case StoreHealth::kMismatch:
+      return "mismatch";
   }
   return "unknown";
 }
@@ -279,8 +282,8 @@ absl::Status RunKeyService(const ServeOptions& options) {
     if (up) {
       log.Info("cluster store confirms the KEK again; serving");
     } else {
-      log.Error("not serving keys", {{"store_health", HealthName(state)},
-                                     {"reason", StatusMessage(reason)}});
+      log.Error("not serving keys",
+                {{"store_health", HealthName(state)}, {"reason", StatusMessage(reason)}});
     }
   };
   ASSIGN_OR_RETURN(std::unique_ptr<KeyService> keys,
@@ -304,6 +307,12 @@ absl::Status RunKeyService(const ServeOptions& options) {
   httplib::Server metrics_server;
   std::thread metrics_thread;
   if (metrics_address) {
+    // Security: cpp-httplib's default socket options include SO_REUSEPORT, which would let
+    // another process bind the same port; only SO_REUSEADDR (restart after TIME_WAIT) here.
+    metrics_server.set_socket_options([](int sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     metrics_server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics.Render(), "text/plain; version=0.0.4");
     });
@@ -318,7 +327,7 @@ absl::Status RunKeyService(const ServeOptions& options) {
   const std::string bound = fmt::format("{}:{}", host, port);
   log.Info("serving kms.API",
            {{"listen", bound},
-            {"tls", options.tls_cert.empty() ? "off"
+            {"tls", options.tls_cert.empty()        ? "off"
                     : options.tls_client_ca.empty() ? "server"
                                                     : "mutual"},
             {"store", keys->store_description()},

@@ -51,10 +51,9 @@ bool SameKekRecord(const KekRecord& a, const KekRecord& b) {
 
 std::string KekFingerprint(const SecretBytes& kek) {
   static constexpr std::string_view kLabel = "keywarden kek fingerprint";
-  const auto digest =
-      crypto::Sha256({std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kLabel.data()),
-                                               kLabel.size()),
-                      kek.Reveal(InsecureSecretAccess::Get())});
+  const auto digest = crypto::Sha256(
+      {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kLabel.data()), kLabel.size()),
+       kek.Reveal(InsecureSecretAccess::Get())});
   return crypto::HexEncode(std::span<const uint8_t>(digest).first(8));
 }
 

@@ -109,11 +109,11 @@ absl::StatusOr<std::unique_ptr<KekStore>> NewSqliteKekStore(const std::filesyste
   }
   close(fd);
   sqlite3* db = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
   auto fail = [&](std::string_view what) -> absl::Status {
-    const std::string message =
-        fmt::format("{}: {}: {}", path.string(), what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    const std::string message = fmt::format("{}: {}: {}", path.string(), what,
+                                            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     sqlite3_close_v2(db);
     return absl::FailedPreconditionError(internal::ToAbsl(message));
   };

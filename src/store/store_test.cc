@@ -172,10 +172,10 @@ TEST(StoreUriTest, ParsesAndRefuses) {
   TempDir dir;
   auto sqlite = OpenKekStore("sqlite://" + (dir.path() / "k.db").string());
   ASSERT_TRUE(sqlite.ok()) << sqlite.status();
-  for (const char* bad : {"", "sqlite://", "postgres://x", "etcd://", "etcd://host",
-                          "etcd://host:0", "etcd://host:99999", "etcd://host:1,", "etcd://:1",
-                          "etcd://h:1?ca", "etcd://h:1?bogus=1", "etcd://h:1?cert=a",
-                          "etcd://h:1?ca=%zz"}) {
+  for (const char* bad :
+       {"", "sqlite://", "postgres://x", "etcd://", "etcd://host", "etcd://host:0",
+        "etcd://host:99999", "etcd://host:1,", "etcd://:1", "etcd://h:1?ca", "etcd://h:1?bogus=1",
+        "etcd://h:1?cert=a", "etcd://h:1?ca=%zz"}) {
     auto r = OpenKekStore(bad);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
   }

@@ -52,8 +52,8 @@ absl::StatusOr<EtcdOptions> ParseEtcdUri(std::string_view rest, const StoreOptio
   size_t start = 0;
   while (start <= hosts.size()) {
     const size_t comma = hosts.find(',', start);
-    const std::string_view endpoint =
-        hosts.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    const std::string_view endpoint = hosts.substr(
+        start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
     RETURN_IF_ERROR(CheckEndpoint(endpoint));
     etcd.endpoints.emplace_back(endpoint);
     if (comma == std::string_view::npos) break;
@@ -105,8 +105,7 @@ absl::StatusOr<std::unique_ptr<KekStore>> OpenKekStore(std::string_view uri,
     return NewEtcdKekStore(etcd);
   }
   return InvalidArgumentError(
-      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]",
-      Printable(uri));
+      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]", Printable(uri));
 }
 
 }  // namespace keywarden::store
