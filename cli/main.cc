@@ -116,9 +116,10 @@ int main(int argc, char** argv) {
       "Run the key service: kms.API/GetDataKey (Constellation's API) and grpc.health.v1 on "
       "--listen. The KEK lives in the cluster store (--store); an empty store is initialized "
       "from DIR/mastersecret.json and DIR/cluster.json. Stops cleanly on SIGTERM.");
-  serve->add_option("--dir", serve_options.dir,
-                    "state directory from `keywarden init` (mastersecret.json, cluster.json, "
-                    "and the default store keywarden.db)")
+  serve
+      ->add_option("--dir", serve_options.dir,
+                   "state directory from `keywarden init` (mastersecret.json, cluster.json, "
+                   "and the default store keywarden.db)")
       ->capture_default_str();
   serve->add_option("--listen", serve_options.listen, "gRPC address HOST:PORT (port 0: any)")
       ->capture_default_str();
@@ -137,25 +138,26 @@ int main(int argc, char** argv) {
   serve->add_option("--log-format", log_format, "text or json")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
-  serve->add_option("--store-timeout", store_timeout_s,
-                    "seconds a store operation may take before it counts as unreachable")
+  serve
+      ->add_option("--store-timeout", store_timeout_s,
+                   "seconds a store operation may take before it counts as unreachable")
       ->check(CLI::Range(0.1, 600.0))
       ->capture_default_str();
-  serve->add_option("--drain-timeout", drain_timeout_s,
-                    "seconds to let in-flight calls finish after SIGTERM")
+  serve
+      ->add_option("--drain-timeout", drain_timeout_s,
+                   "seconds to let in-flight calls finish after SIGTERM")
       ->check(CLI::Range(0.0, 600.0))
       ->capture_default_str();
 
   // dek get
-  CLI::App* dek_cmd =
-      app.add_subcommand("dek", "Data-encryption keys from a running key service.");
+  CLI::App* dek_cmd = app.add_subcommand("dek", "Data-encryption keys from a running key service.");
   dek_cmd->require_subcommand(0, 1);
   service::ClientOptions client_options;
   std::string get_id;
   size_t get_length = keys::kDefaultDekSize;
   double client_timeout_s = 10;
-  CLI::App* dek_get = dek_cmd->add_subcommand(
-      "get", "Call kms.API/GetDataKey and print the key in hex.");
+  CLI::App* dek_get =
+      dek_cmd->add_subcommand("get", "Call kms.API/GetDataKey and print the key in hex.");
   dek_get->add_option("--endpoint", client_options.endpoint, "key service HOST:PORT")->required();
   dek_get->add_option("--id", get_id, "data_key_id (without the \"key-\" prefix)")->required();
   dek_get->add_option("--length", get_length, "key length in bytes")

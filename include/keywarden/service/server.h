@@ -40,16 +40,16 @@ struct ServeOptions {
 
 // RunKeyService serves kms.API/GetDataKey and grpc.health.v1 until SIGTERM or SIGINT, then
 // stops accepting calls, lets in-flight calls finish and waits for clients to close their
-// connections (gRPC sends them GOAWAY), at most drain_timeout, and returns OK. Once listening it prints
-// "listening on HOST:PORT" on stdout. Errors before serving (store unreachable, no KEK and no
-// master secret, a master secret of another cluster, a port in use, unreadable TLS files) are
+// connections (gRPC sends them GOAWAY), at most drain_timeout, and returns OK. Once listening it
+// prints "listening on HOST:PORT" on stdout. Errors before serving (store unreachable, no KEK and
+// no master secret, a master secret of another cluster, a port in use, unreadable TLS files) are
 // returned with a message that says what to do.
 absl::Status RunKeyService(const ServeOptions& options);
 
 struct ClientOptions {
-  std::string endpoint;   // HOST:PORT
-  std::string tls_ca;     // PEM CA bundle: enables TLS when set
-  std::string tls_cert;   // client certificate for mutual TLS, with tls_key
+  std::string endpoint;  // HOST:PORT
+  std::string tls_ca;    // PEM CA bundle: enables TLS when set
+  std::string tls_cert;  // client certificate for mutual TLS, with tls_key
   std::string tls_key;
   std::chrono::milliseconds timeout{10000};
 };
