@@ -44,9 +44,7 @@ absl::Status CheckEndpoint(std::string_view endpoint) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<EtcdOptions> ParseEtcdUri(std::string_view rest, const StoreOptions& options) {
-  EtcdOptions etcd;
-  etcd.store = options;
+absl::Status ParseEtcdUri(std::string_view rest, StoreUri& uri) {
   const size_t question = rest.find('?');
   const std::string_view hosts = rest.substr(0, question);
   size_t start = 0;
@@ -55,12 +53,12 @@ absl::StatusOr<EtcdOptions> ParseEtcdUri(std::string_view rest, const StoreOptio
     const std::string_view endpoint = hosts.substr(
         start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
     RETURN_IF_ERROR(CheckEndpoint(endpoint));
-    etcd.endpoints.emplace_back(endpoint);
+    uri.etcd_endpoints.emplace_back(endpoint);
     if (comma == std::string_view::npos) break;
     start = comma + 1;
   }
-  if (question == std::string_view::npos) return etcd;
-  std::string_view query = rest.substr(question + 1);
+  std::string_view query =
+      question == std::string_view::npos ? std::string_view() : rest.substr(question + 1);
   while (!query.empty()) {
     const size_t amp = query.find('&');
     const std::string_view pair = query.substr(0, amp);
@@ -72,40 +70,57 @@ absl::StatusOr<EtcdOptions> ParseEtcdUri(std::string_view rest, const StoreOptio
     const std::string_view name = pair.substr(0, eq);
     ASSIGN_OR_RETURN(std::string value, PercentDecode(pair.substr(eq + 1)));
     if (name == "ca") {
-      etcd.ca_file = value;
+      uri.etcd_ca = value;
     } else if (name == "cert") {
-      etcd.cert_file = value;
+      uri.etcd_cert = value;
     } else if (name == "key") {
-      etcd.key_file = value;
+      uri.etcd_key = value;
     } else if (name == "prefix") {
-      etcd.prefix = value;
+      uri.etcd_prefix = value;
     } else {
       return InvalidArgumentError(
           "unknown etcd store URI parameter \"{}\" (known: ca, cert, key, prefix)",
           Printable(name));
     }
   }
-  if (etcd.cert_file.empty() != etcd.key_file.empty()) {
+  if (uri.etcd_cert.empty() != uri.etcd_key.empty()) {
     return InvalidArgumentError("etcd store URI: cert and key must be given together");
   }
-  return etcd;
+  return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<KekStore>> OpenKekStore(std::string_view uri,
-                                                       const StoreOptions& options) {
-  if (uri.starts_with(kSqliteScheme)) {
-    ASSIGN_OR_RETURN(std::string path, PercentDecode(uri.substr(kSqliteScheme.size())));
-    if (path.empty()) return InvalidArgumentError("sqlite store URI has no path");
-    return NewSqliteKekStore(path, options);
+absl::StatusOr<StoreUri> ParseStoreUri(std::string_view text) {
+  StoreUri uri;
+  if (text.starts_with(kSqliteScheme)) {
+    uri.kind = StoreUri::Kind::kSqlite;
+    ASSIGN_OR_RETURN(uri.sqlite_path, PercentDecode(text.substr(kSqliteScheme.size())));
+    if (uri.sqlite_path.empty()) return InvalidArgumentError("sqlite store URI has no path");
+    return uri;
   }
-  if (uri.starts_with(kEtcdScheme)) {
-    ASSIGN_OR_RETURN(EtcdOptions etcd, ParseEtcdUri(uri.substr(kEtcdScheme.size()), options));
-    return NewEtcdKekStore(etcd);
+  if (text.starts_with(kEtcdScheme)) {
+    uri.kind = StoreUri::Kind::kEtcd;
+    RETURN_IF_ERROR(ParseEtcdUri(text.substr(kEtcdScheme.size()), uri));
+    return uri;
   }
   return InvalidArgumentError(
-      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]", Printable(uri));
+      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]",
+      Printable(text));
+}
+
+absl::StatusOr<std::unique_ptr<KekStore>> OpenKekStore(std::string_view text,
+                                                       const StoreOptions& options) {
+  ASSIGN_OR_RETURN(StoreUri uri, ParseStoreUri(text));
+  if (uri.kind == StoreUri::Kind::kSqlite) return NewSqliteKekStore(uri.sqlite_path, options);
+  EtcdOptions etcd;
+  etcd.endpoints = std::move(uri.etcd_endpoints);
+  etcd.ca_file = std::move(uri.etcd_ca);
+  etcd.cert_file = std::move(uri.etcd_cert);
+  etcd.key_file = std::move(uri.etcd_key);
+  etcd.prefix = std::move(uri.etcd_prefix);
+  etcd.store = options;
+  return NewEtcdKekStore(etcd);
 }
 
 }  // namespace keywarden::store

@@ -62,6 +62,19 @@ struct StoreOptions {
   std::chrono::milliseconds timeout{2000};
 };
 
+// StoreUri is a parsed store URI.
+struct StoreUri {
+  enum class Kind { kSqlite, kEtcd } kind = Kind::kSqlite;
+  std::string sqlite_path;                // kSqlite
+  std::vector<std::string> etcd_endpoints;  // kEtcd: "host:port"
+  std::string etcd_ca, etcd_cert, etcd_key;
+  std::string etcd_prefix = "/keywarden/";
+};
+
+// ParseStoreUri parses a store URI (the forms below) without opening anything;
+// INVALID_ARGUMENT with a message that quotes the URI safely.
+absl::StatusOr<StoreUri> ParseStoreUri(std::string_view uri);
+
 // OpenKekStore opens the store a URI names:
 //   sqlite://PATH                      embedded SQLite database file (created if absent)
 //   etcd://HOST:PORT[,HOST:PORT...][?ca=FILE&cert=FILE&key=FILE&prefix=/keywarden/]
