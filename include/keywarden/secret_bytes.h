@@ -67,8 +67,11 @@ class SecretBytes {
 // (OPENSSL_cleanse). For buffers outside SecretBytes that briefly held key material, e.g. a
 // protobuf string after serialization.
 void SecureWipe(std::span<uint8_t> bytes);
+// SecureWipe(text) wipes the string's whole buffer, spare capacity included, and empties it.
 inline void SecureWipe(std::string& text) {
+  text.resize(text.capacity());
   SecureWipe(std::span<uint8_t>(reinterpret_cast<uint8_t*>(text.data()), text.size()));
+  text.clear();
 }
 
 namespace internal {

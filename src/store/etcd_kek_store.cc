@@ -56,22 +56,12 @@ constexpr int kKeepaliveTimeMs = 30000;
 constexpr int kKeepaliveTimeoutMs = 10000;
 constexpr int kDnsMinTimeBetweenResolutionsMs = 1000;
 
-// WipeString overwrites a std::string's whole buffer (size and spare capacity) with zeros.
-//
 // Security: protobuf keeps `bytes` fields in std::string, so the encoded record (KEK included)
-// passes through ordinary heap strings on its way to and from etcd. OPENSSL_cleanse stays in
-// src/crypto (the only module that touches OpenSSL), so these strings are cleared here with
-// std::fill before they are destroyed. The empty asm that takes the buffer's address and
-// clobbers memory keeps the compiler from dropping the stores as dead (the string is freed
-// right after). Copies that gRPC and protobuf make internally (serialized request and response
-// slices, buffers reallocated while parsing) are out of reach; they live only for the duration
-// of a call.
-void WipeString(std::string* s) {
-  s->resize(s->capacity());
-  std::fill(s->begin(), s->end(), '\0');
-  asm volatile("" : : "r"(s->data()) : "memory");
-  s->clear();
-}
+// passes through ordinary heap strings on its way to and from etcd; they are wiped with
+// SecureWipe before they are destroyed. Copies that gRPC and protobuf make internally
+// (serialized request and response slices, buffers reallocated while parsing) are out of reach;
+// they live only for the duration of a call.
+void WipeString(std::string* s) { SecureWipe(*s); }
 
 void WipeRange(etcdserverpb::RangeResponse* response) {
   for (etcdserverpb::KeyValue& kv : *response->mutable_kvs()) WipeString(kv.mutable_value());
