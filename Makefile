@@ -1,5 +1,5 @@
 # Keywarden's entry points. `make run` and `make test` install their own dependencies.
-.PHONY: all deps build run test bench format format-check clean
+.PHONY: all deps build run test bench bench-service format format-check clean
 
 JOBS ?= $(shell nproc)
 
@@ -23,6 +23,10 @@ test: deps
 # bench: benchmarks with their ceilings, figures as in docs/performance.md.
 bench: build
 	scripts/bench
+
+# bench-service: GetDataKey load beside the gRPC echo floor, embedded and etcd stores.
+bench-service: build
+	scripts/bench-service
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
