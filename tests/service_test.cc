@@ -1,8 +1,8 @@
 // Integration tests of `keywarden serve` on its embedded SQLite store: the real binary, real
 // gRPC, real TLS. The etcd tests are in service_etcd_test.cc.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>

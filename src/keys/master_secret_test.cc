@@ -10,6 +10,7 @@
 #include <string>
 
 #include "keywarden/crypto/encoding.h"
+#include "tests/subprocess.h"
 #include "tests/vectors.h"
 
 namespace keywarden::keys {
@@ -18,6 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::keywarden::testing::Bytes;
 using ::keywarden::testing::LoadJson;
+using ::keywarden::testing::TempDir;
 
 const InsecureSecretAccess kToken = InsecureSecretAccess::Get();
 
@@ -31,19 +33,6 @@ std::string Text(const SecretBytes& s) {
   const auto v = s.Reveal(kToken);
   return std::string(v.begin(), v.end());
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kw-ms-XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 std::string ReadFile(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -8,30 +8,19 @@
 #include "keywarden/crypto/random.h"
 #include "keywarden/store/kek_store.h"
 #include "keywarden/store/sqlite_kek_store.h"
+#include "tests/subprocess.h"
 
 namespace keywarden::store {
 namespace {
 
 namespace fs = std::filesystem;
+using ::keywarden::testing::TempDir;
 
 KekRecord RandomRecord() {
   KekRecord record{*crypto::RandomSecret(kKekSize), std::vector<uint8_t>(kMeasurementSaltSize)};
   EXPECT_TRUE(crypto::RandomFill(record.measurement_salt).ok());
   return record;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kw-store-XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 TEST(KekRecordTest, RoundTripsAndRefusesMalformedBytes) {
   const KekRecord record = RandomRecord();

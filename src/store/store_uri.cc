@@ -105,8 +105,7 @@ absl::StatusOr<StoreUri> ParseStoreUri(std::string_view text) {
     return uri;
   }
   return InvalidArgumentError(
-      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]",
-      Printable(text));
+      "store URI \"{}\" is not sqlite://PATH or etcd://HOST:PORT[,HOST:PORT...]", Printable(text));
 }
 
 absl::StatusOr<std::unique_ptr<KekStore>> OpenKekStore(std::string_view text,

@@ -65,7 +65,7 @@ struct StoreOptions {
 // StoreUri is a parsed store URI.
 struct StoreUri {
   enum class Kind { kSqlite, kEtcd } kind = Kind::kSqlite;
-  std::string sqlite_path;                // kSqlite
+  std::string sqlite_path;                  // kSqlite
   std::vector<std::string> etcd_endpoints;  // kEtcd: "host:port"
   std::string etcd_ca, etcd_cert, etcd_key;
   std::string etcd_prefix = "/keywarden/";
