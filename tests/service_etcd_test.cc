@@ -208,5 +208,33 @@ TEST(ServiceEtcdTest, LosingTheStoreGivesUnavailableNeverAnotherKey) {
   EXPECT_EQ(server.Stop(), 0);
 }
 
+TEST(ServiceEtcdTest, ServesOverEtcdWithClientTls) {
+  TempDir temp("kw-etcd-tls");
+  EtcdCluster etcd({.members = 1, .tls = true});
+  ASSERT_TRUE(etcd.Start());
+  Cluster cluster(temp, "state");
+  const auto expected = cluster.Expected(2);
+  const EtcdTlsFiles& tls = etcd.tls_files();
+  const std::string base = "etcd://" + etcd.endpoint(0);
+  const std::string good = base + "?ca=" + tls.ca_cert.string() +
+                           "&cert=" + tls.client_cert.string() + "&key=" + tls.client_key.string();
+  ServiceProcess server({"--dir", cluster.dir().string(), "--store", good}, temp / "s.log");
+  ASSERT_TRUE(server.Start()) << server.stderr_text();
+  ExpectKeys(server.endpoint(), expected);
+
+  // Without a client certificate, or trusting another CA, the store is unreachable: a clear
+  // error at start, exit status 1.
+  for (const std::string& bad : {base + "?ca=" + tls.ca_cert.string(),
+                                 base + "?ca=" + tls.other_ca_cert.string() + "&cert=" +
+                                     tls.client_cert.string() + "&key=" + tls.client_key.string(),
+                                 base}) {
+    const RunResult r = keywarden::testing::Run(
+        {KEYWARDEN_BINARY, "serve", "--dir", cluster.dir().string(), "--store", bad,
+         "--store-timeout", "2", "--listen", "127.0.0.1:0"});
+    EXPECT_EQ(r.exit_code, 1) << r;
+    EXPECT_NE(r.stderr_text.find("cannot open cluster store"), std::string::npos) << r;
+  }
+}
+
 }  // namespace
 }  // namespace keywarden::testing
