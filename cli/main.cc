@@ -37,8 +37,8 @@ int main(int argc, char** argv) {
   using namespace keywarden;
   CLI::App app{
       "keywarden: key management for confidential-computing clusters.\n"
-      "Derives Constellation-compatible cluster identities and data-encryption keys from a "
-      "master secret.",
+      "Creates a cluster's master secret, derives its Constellation-compatible identity and "
+      "data-encryption keys, and serves those keys (docs/key-service.md).",
       "keywarden"};
   app.set_version_flag("--version", "keywarden 0.1.0");
   app.require_subcommand(0, 1);
@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
 
   // derive
   CLI::App* derive = app.add_subcommand(
-      "derive", "Derive keys and identities from a master secret, offline (DESIGN.md §2).");
+      "derive",
+      "Derive keys and identities from a master secret, offline (docs/key-hierarchy.md).");
   derive->require_subcommand(0, 1);
 
   std::string dek_secret, dek_id;
