@@ -26,12 +26,7 @@ class Cluster {
   }
   const std::filesystem::path& dir() const { return dir_; }
   std::string Derive(const std::string& id, size_t length = 32) const {
-    const RunResult r = keywarden::testing::Run(
-        {KEYWARDEN_BINARY, "derive", "dek", "--master-secret",
-         (dir_ / "mastersecret.json").string(), "--id", id, "--length", std::to_string(length)});
-    EXPECT_TRUE(r.ok()) << r;
-    auto bytes = crypto::HexDecode(r.stdout_text.substr(0, r.stdout_text.find('\n')));
-    return bytes.ok() ? std::string(bytes->begin(), bytes->end()) : std::string();
+    return DeriveDekWithCli(dir_ / "mastersecret.json", id, length);
   }
   std::map<std::string, std::string> Expected(int n) const {
     std::map<std::string, std::string> keys;

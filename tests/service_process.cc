@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -13,7 +14,9 @@
 #include <mutex>
 #include <sstream>
 
+#include "keywarden/crypto/encoding.h"
 #include "kms.grpc.pb.h"
+#include "tests/subprocess.h"
 
 namespace keywarden::testing {
 
@@ -226,14 +229,18 @@ void LoadLoop::Stop() {
   }
 }
 
+std::string DeriveDekWithCli(const std::filesystem::path& master_secret, const std::string& id,
+                             size_t length) {
+  const RunResult r = Run({KEYWARDEN_BINARY, "derive", "dek", "--master-secret",
+                           master_secret.string(), "--id", id, "--length", std::to_string(length)});
+  EXPECT_TRUE(r.ok()) << r;
+  auto bytes = crypto::HexDecode(r.stdout_text.substr(0, r.stdout_text.find('\n')));
+  return bytes.ok() ? std::string(bytes->begin(), bytes->end()) : std::string();
+}
+
 std::string HexOf(const std::string& bytes) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
+  return crypto::HexEncode(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
 }
 
 }  // namespace keywarden::testing

@@ -105,6 +105,11 @@ class LoadLoop {
   std::vector<std::thread> threads_;
 };
 
+// DeriveDekWithCli runs `keywarden derive dek` on `master_secret` and returns the key as raw
+// bytes (empty, and the test fails, on error): the offline reference the service must match.
+std::string DeriveDekWithCli(const std::filesystem::path& master_secret, const std::string& id,
+                             size_t length = 32);
+
 // HexOf returns lower-case hex of raw bytes.
 std::string HexOf(const std::string& bytes);
 

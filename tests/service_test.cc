@@ -36,13 +36,7 @@ class ClusterDir {
 
   // Derive returns `keywarden derive dek` for the cluster's master secret, as raw bytes.
   std::string Derive(const std::string& id, size_t length = 32) const {
-    const RunResult r = keywarden::testing::Run({KEYWARDEN_BINARY, "derive", "dek",
-                                                 "--master-secret", secret().string(), "--id", id,
-                                                 "--length", std::to_string(length)});
-    EXPECT_TRUE(r.ok()) << r;
-    std::string hex = r.stdout_text.substr(0, r.stdout_text.find('\n'));
-    auto bytes = crypto::HexDecode(hex);
-    return bytes.ok() ? std::string(bytes->begin(), bytes->end()) : std::string();
+    return DeriveDekWithCli(secret(), id, length);
   }
 
  private:

@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include <charconv>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -96,7 +97,6 @@ class HealthBridge {
   }
   void Set(bool serving) {
     std::lock_guard<std::mutex> lock(mu_);
-    serving_ = serving;
     ApplyLocked(serving);
   }
   void Shutdown() {
@@ -113,7 +113,6 @@ class HealthBridge {
   }
   std::mutex mu_;
   grpc::HealthCheckServiceInterface* health_ = nullptr;
-  bool serving_ = true;
 };
 
 const char* HealthName(StoreHealth health) {
@@ -183,11 +182,8 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& add
   const size_t colon = address.rfind(':');
   int port = -1;
   if (colon != std::string::npos) {
-    try {
-      port = std::stoi(address.substr(colon + 1));
-    } catch (...) {
-      port = -1;
-    }
+    const char* end = address.data() + address.size();
+    if (std::from_chars(address.data() + colon + 1, end, port).ptr != end) port = -1;
   }
   if (colon == std::string::npos || colon == 0 || port < 0 || port > 65535) {
     return InvalidArgumentError("\"{}\" is not HOST:PORT", Printable(address));

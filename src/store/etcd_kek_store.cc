@@ -124,9 +124,9 @@ bool IsRetryable(const grpc::Status& status) {
   }
 }
 
-// ValidateEndpoint accepts "host:port" with a decimal port in [1, 65535]; the host may be a
-// name, an IPv4 address or a bracketed IPv6 address.
-absl::Status ValidateEndpoint(const std::string& endpoint) {
+}  // namespace
+
+absl::Status ValidateEtcdEndpoint(std::string_view endpoint) {
   if (endpoint.find("://") != std::string::npos) {
     return InvalidArgumentError("etcd endpoint \"{}\" must be host:port, without a scheme",
                                 Printable(endpoint));
@@ -156,6 +156,8 @@ absl::Status ValidateEndpoint(const std::string& endpoint) {
   }
   return absl::OkStatus();
 }
+
+namespace {
 
 // ChannelTarget returns the gRPC target for "host:port": "ipv4:" or "ipv6:" for an address
 // literal (a fixed address, nothing to resolve), "dns:///" for a name.
@@ -385,7 +387,8 @@ class EtcdKekStore final : public KekStore {
 
 absl::StatusOr<std::unique_ptr<KekStore>> NewEtcdKekStore(const EtcdOptions& options) {
   if (options.endpoints.empty()) return InvalidArgumentError("no etcd endpoint given");
-  for (const std::string& endpoint : options.endpoints) RETURN_IF_ERROR(ValidateEndpoint(endpoint));
+  for (const std::string& endpoint : options.endpoints)
+    RETURN_IF_ERROR(ValidateEtcdEndpoint(endpoint));
   if (options.store.timeout <= milliseconds::zero()) {
     return InvalidArgumentError("etcd timeout must be positive, not {} ms",
                                 options.store.timeout.count());

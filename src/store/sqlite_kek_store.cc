@@ -130,14 +130,14 @@ absl::StatusOr<std::unique_ptr<KekStore>> NewSqliteKekStore(const std::filesyste
   if (app_id != 0 && app_id != kApplicationId) return fail("not a Keywarden database");
   // WAL with synchronous=FULL: a committed record survives power loss. secure_delete overwrites
   // freed pages, so an old record does not linger in the file.
-  const char* setup =
+  const std::string setup = fmt::format(
       "PRAGMA journal_mode=WAL;"
       "PRAGMA synchronous=FULL;"
       "PRAGMA secure_delete=ON;"
-      "PRAGMA application_id=1264018542;"
-      "CREATE TABLE IF NOT EXISTS keywarden_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL);";
-  static_assert(kApplicationId == 1264018542);
-  if (sqlite3_exec(db, setup, nullptr, nullptr, nullptr) != SQLITE_OK) {
+      "PRAGMA application_id={};"
+      "CREATE TABLE IF NOT EXISTS keywarden_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL);",
+      kApplicationId);
+  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
     return fail("cannot set up database");
   }
   return std::unique_ptr<KekStore>(new SqliteKekStore(db, path));

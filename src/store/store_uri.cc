@@ -32,18 +32,6 @@ absl::StatusOr<std::string> PercentDecode(std::string_view text) {
   return out;
 }
 
-absl::Status CheckEndpoint(std::string_view endpoint) {
-  const size_t colon = endpoint.rfind(':');
-  unsigned port = 0;
-  if (colon == std::string_view::npos || colon == 0 ||
-      std::from_chars(endpoint.data() + colon + 1, endpoint.data() + endpoint.size(), port).ptr !=
-          endpoint.data() + endpoint.size() ||
-      port == 0 || port > 65535) {
-    return InvalidArgumentError("etcd endpoint \"{}\" is not HOST:PORT", Printable(endpoint));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status ParseEtcdUri(std::string_view rest, StoreUri& uri) {
   const size_t question = rest.find('?');
   const std::string_view hosts = rest.substr(0, question);
@@ -52,7 +40,7 @@ absl::Status ParseEtcdUri(std::string_view rest, StoreUri& uri) {
     const size_t comma = hosts.find(',', start);
     const std::string_view endpoint = hosts.substr(
         start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
-    RETURN_IF_ERROR(CheckEndpoint(endpoint));
+    RETURN_IF_ERROR(ValidateEtcdEndpoint(endpoint));
     uri.etcd_endpoints.emplace_back(endpoint);
     if (comma == std::string_view::npos) break;
     start = comma + 1;

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,6 +21,10 @@ struct EtcdOptions {
   std::string prefix = "/keywarden/";  // the record lives at prefix + "v1/kek"
   StoreOptions store;
 };
+
+// ValidateEtcdEndpoint accepts "host:port" with a decimal port in [1, 65535]; the host may be
+// a name, an IPv4 address or a bracketed IPv6 address. INVALID_ARGUMENT otherwise.
+absl::Status ValidateEtcdEndpoint(std::string_view endpoint);
 
 // NewEtcdKekStore connects to etcd; UNAVAILABLE when no endpoint answers within
 // options.store.timeout, INVALID_ARGUMENT for bad options or unreadable TLS files.
