@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/volume_commands.h"
 #include "keywarden/keys/hierarchy.h"
 
 namespace {
@@ -26,6 +27,12 @@ CLI::Validator HexBytes(size_t bytes) {
       },
       "HEX" + std::to_string(2 * bytes));
 }
+
+// KeySourceFlags are the flags that say where a volume's key comes from.
+struct KeySourceFlags {
+  keywarden::cli::KeySource keys;
+  double timeout_s = 10;
+};
 
 const CLI::Validator kNonEmpty(
     [](std::string& value) -> std::string { return value.empty() ? "must not be empty" : ""; },
@@ -171,6 +178,98 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
 
+  // volume
+  CLI::App* volume_cmd = app.add_subcommand(
+      "volume",
+      "Encrypted volumes: LUKS2 (aes-xts-plain64, 4096-byte sectors) whose passphrase is the DEK "
+      "of the volume's UUID. Opened with dm-crypt, or in userspace through FUSE where there is "
+      "no device-mapper (docs/volumes.md).");
+  volume_cmd->require_subcommand(0, 1);
+  // Flags shared by the commands that need the volume's key.
+  auto add_key_source = [](CLI::App* cmd, KeySourceFlags& flags) {
+    auto* endpoint =
+        cmd->add_option("--endpoint", flags.keys.client.endpoint, "key service HOST:PORT");
+    auto* secret = cmd->add_option(
+        "--master-secret", flags.keys.master_secret,
+        "derive the key locally from mastersecret.json instead (recovery; no key service)");
+    endpoint->excludes(secret);
+    cmd->add_option("--tls-ca", flags.keys.client.tls_ca, "PEM CA bundle (enables TLS)");
+    cmd->add_option("--tls-cert", flags.keys.client.tls_cert, "PEM client certificate");
+    cmd->add_option("--tls-key", flags.keys.client.tls_key, "PEM client private key");
+    cmd->add_option("--timeout", flags.timeout_s, "seconds to wait for the key service")
+        ->check(CLI::Range(0.1, 3600.0))
+        ->capture_default_str();
+  };
+
+  volume::FormatRequest format_request;
+  KeySourceFlags format_keys;
+  std::string format_type = "luks2";
+  CLI::App* vformat = volume_cmd->add_subcommand(
+      "format",
+      "Create a LUKS volume on TARGET (a block device or a file). Picks a fresh UUID, gets "
+      "DEK(uuid) from the key service first (nothing is written if it cannot), then writes a "
+      "LUKS2 header with a random 64-byte volume key, one keyslot opened by the DEK, and a "
+      "Keywarden token. Prints the volume's parameters.");
+  vformat->add_option("TARGET", format_request.target, "block device or file")->required();
+  add_key_source(vformat, format_keys);
+  vformat->add_flag("--integrity", format_request.options.integrity,
+                    "add dm-integrity hmac(sha256) (96-byte volume key; needs device-mapper)");
+  vformat
+      ->add_option("--type", format_type,
+                   "luks2, or luks1 for interop with qemu-img and nbdkit (LUKS1's passphrase "
+                   "is the DEK in hex)")
+      ->check(CLI::IsMember({"luks2", "luks1"}))
+      ->capture_default_str();
+  vformat->add_option("--pbkdf", format_request.options.pbkdf, "keyslot KDF: argon2id or pbkdf2")
+      ->check(CLI::IsMember({"argon2id", "pbkdf2"}))
+      ->capture_default_str();
+  vformat->add_option("--pbkdf-iterations", format_request.options.pbkdf_iterations,
+                      "fixed KDF cost instead of a 2-second benchmark (for tests: the DEK is "
+                      "already a 256-bit random key)");
+  vformat->add_flag("--wipe", format_request.wipe,
+                    "write encrypted zeros over the whole data area (progress on a terminal)");
+  vformat->add_flag("--force", format_request.force, "replace an existing LUKS header");
+
+  volume::OpenRequest open_request;
+  KeySourceFlags open_keys;
+  bool open_foreground = false;
+  CLI::App* vopen = volume_cmd->add_subcommand(
+      "open",
+      "Check TARGET's header against Keywarden's profile, get its key, unlock it and map it as "
+      "NAME: /dev/mapper/NAME with dm-crypt, or with --fuse-dir the file DIR/NAME served in "
+      "userspace with dm-crypt's exact format. Prints the path once it is usable.");
+  vopen->add_option("TARGET", open_request.target, "block device or file")->required();
+  vopen->add_option("--name", open_request.name, "mapping name")->required();
+  add_key_source(vopen, open_keys);
+  vopen->add_option("--fuse-dir", open_request.fuse_dir,
+                    "serve the plaintext as DIR/NAME through FUSE (an empty directory; for "
+                    "hosts without device-mapper)");
+  vopen->add_flag("--foreground", open_foreground,
+                  "with --fuse-dir: serve in this process instead of in the background");
+  vopen->add_option("--threads", open_request.fuse_threads, "FUSE worker threads")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+
+  std::string close_name;
+  CLI::App* vclose = volume_cmd->add_subcommand(
+      "close", "Unmap volume NAME (unmount its FUSE file or remove its dm mapping).");
+  vclose->add_option("NAME", close_name, "mapping name")->required();
+
+  std::string status_what;
+  bool status_json = false;
+  CLI::App* vstatus = volume_cmd->add_subcommand(
+      "status",
+      "Show a volume: header parameters, the profile check, key id, integrity, and where it is "
+      "mapped. Exit status 1 if the header breaks the profile.");
+  vstatus->add_option("TARGET_OR_NAME", status_what, "device/file, or an open volume's name")
+      ->required();
+  vstatus->add_flag("--json", status_json, "print JSON");
+
+  std::string run_dir(volume::kDefaultRunDir);
+  for (CLI::App* cmd : {vopen, vclose, vstatus}) {
+    cmd->add_option("--run-dir", run_dir, "where open volumes are recorded")->capture_default_str();
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -198,8 +297,26 @@ int main(int argc, char** argv) {
     client_options.timeout = millis(client_timeout_s);
     return cli::RunDekGet(client_options, get_id, get_length);
   }
+  auto key_source = [&](KeySourceFlags& flags) {
+    flags.keys.client.timeout = millis(flags.timeout_s);
+    return flags.keys;
+  };
+  if (vformat->parsed()) {
+    format_request.options.version =
+        format_type == "luks1" ? volume::LuksVersion::kLuks1 : volume::LuksVersion::kLuks2;
+    return cli::RunVolumeFormat(format_request, key_source(format_keys));
+  }
+  if (vopen->parsed()) {
+    open_request.run_dir = run_dir;
+    return cli::RunVolumeOpen(open_request, key_source(open_keys), open_foreground);
+  }
+  if (vclose->parsed()) return cli::RunVolumeClose(close_name, run_dir);
+  if (vstatus->parsed()) return cli::RunVolumeStatus(status_what, run_dir, status_json);
   // No command (or `derive` without one): show what there is.
-  const CLI::App& shown = derive->parsed() ? *derive : dek_cmd->parsed() ? *dek_cmd : app;
+  const CLI::App& shown = derive->parsed()       ? *derive
+                          : dek_cmd->parsed()    ? *dek_cmd
+                          : volume_cmd->parsed() ? *volume_cmd
+                                                 : app;
   fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;
 }
