@@ -65,6 +65,7 @@ void OpInit(void* /*userdata*/, fuse_conn_info* conn) {
   conn->congestion_threshold = 48;
   if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   // The file's contents change only through this server: no invalidation needed.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
@@ -114,10 +115,8 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, EISDIR);
     return;
   }
-  if (fi->flags & O_TRUNC) {
-    fuse_reply_err(req, EPERM);
-    return;
-  }
+  // Like a block device, the file has a fixed size: O_TRUNC (passed here, not as a setattr,
+  // thanks to FUSE_CAP_ATOMIC_O_TRUNC) is ignored, so `dd of=FILE` works without notrunc.
   // Direct I/O: every read and write reaches the data path; the kernel caches no plaintext
   // of its own here, and fsync has exactly the target's semantics.
   fi->direct_io = 1;

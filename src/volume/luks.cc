@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "keywarden/status.h"
 
@@ -19,9 +20,19 @@ namespace {
 // libcryptsetup reports details through a log callback. Errors are collected per thread and
 // appended to Keywarden's own message; nothing goes to stderr behind the caller's back.
 thread_local std::string last_crypt_error;
+// While a header loads, libcryptsetup's debug lines are kept too: its validation explains why
+// it rejects a header only at debug level.
+thread_local bool keep_debug = false;
+thread_local std::vector<std::string> debug_lines;
 
 void LogCallback(int level, const char* message, void* /*usrptr*/) {
-  if (level != CRYPT_LOG_ERROR || message == nullptr) return;
+  if (message == nullptr) return;
+  if (level == CRYPT_LOG_DEBUG && keep_debug) {
+    if (debug_lines.size() >= 64) debug_lines.erase(debug_lines.begin());
+    debug_lines.emplace_back(message);
+    return;
+  }
+  if (level != CRYPT_LOG_ERROR) return;
   std::string text(message);
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   if (!last_crypt_error.empty()) last_crypt_error += "; ";
@@ -140,14 +151,58 @@ absl::StatusOr<uint64_t> TargetSize(const std::string& target) {
   return size;
 }
 
+namespace {
+
+// HasLuksMagic reports whether TARGET starts with the LUKS magic (LUKS1 and LUKS2 share it).
+bool HasLuksMagic(const std::string& target) {
+  const int fd = open(target.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char magic[6] = {};
+  const bool found = pread(fd, magic, sizeof(magic), 0) == sizeof(magic) &&
+                     std::memcmp(magic, "LUKS\xba\xbe", sizeof(magic)) == 0;
+  close(fd);
+  return found;
+}
+
+// ValidationReason picks libcryptsetup's explanation of a rejected header from its debug lines.
+std::string ValidationReason() {
+  for (auto it = debug_lines.rbegin(); it != debug_lines.rend(); ++it) {
+    const std::string& line = *it;
+    if (line.find("validation failed") != std::string::npos ||
+        line.find("header read failed") != std::string::npos ||
+        line.find("Trying to read") != std::string::npos ||
+        line.find("Reusing") != std::string::npos || line.find("lock") != std::string::npos) {
+      continue;
+    }
+    std::string text = line;
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    return Printable(text, 160);
+  }
+  return "";
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<LuksDevice>> LuksDevice::Load(const std::string& target) {
   ASSIGN_OR_RETURN(uint64_t size, TargetSize(target));
   (void)size;
   ASSIGN_OR_RETURN(CryptPtr cd, Init(target));
+  debug_lines.clear();
+  keep_debug = true;
+  crypt_set_debug_level(CRYPT_DEBUG_ALL);
   const int rc = crypt_load(cd.get(), CRYPT_LUKS, nullptr);
+  crypt_set_debug_level(CRYPT_DEBUG_NONE);
+  keep_debug = false;
+  const std::string reason = ValidationReason();
+  debug_lines.clear();
   if (rc == -EINVAL || rc == -ENODEV) {
-    TakeCryptError();
-    return NotFoundError("{} holds no LUKS header (or a damaged one)", target);
+    const std::string error = TakeCryptError();
+    if (HasLuksMagic(target)) {
+      return FailedPreconditionError(
+          "{}: LUKS header refused: libcryptsetup's validation rejects it ({}){}", target,
+          reason.empty() ? "no reason given" : reason, error);
+    }
+    return NotFoundError("{} holds no LUKS header", target);
   }
   if (rc < 0) return CryptError(rc, "read the LUKS header of", target);
   ASSIGN_OR_RETURN(HeaderFacts facts, CheckLoaded(cd.get(), target));

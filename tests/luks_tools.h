@@ -1,0 +1,27 @@
+// Test tools for LUKS volumes that deliberately do not use Keywarden's own code paths:
+// - GcryptXtsDecryptSector decrypts one dm-crypt aes-xts-plain64 sector with libgcrypt, an
+//   AES-XTS implementation independent of Keywarden's (OpenSSL-based) one.
+// - RewriteLuks2Metadata edits a LUKS2 header's JSON and recomputes both header copies'
+//   checksums (LUKS2 on-disk format §2-3), as a malicious host could.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace keywarden::testing {
+
+// GcryptXtsDecryptSector returns the plaintext of `ciphertext` (one sector) under the 64-byte
+// `key` with tweak = little-endian `sector_number`. Empty on error (the test then fails).
+std::string GcryptXtsDecryptSector(const std::string& key, uint64_t sector_number,
+                                   const std::string& ciphertext);
+
+// RewriteLuks2Metadata applies `edit` to the JSON metadata of the LUKS2 header in `path`,
+// writes it back into both header copies (bumping seqid) and fixes their SHA-256 checksums.
+// Returns an error message, or "" on success.
+std::string RewriteLuks2Metadata(const std::filesystem::path& path,
+                                 const std::function<void(nlohmann::json&)>& edit);
+
+}  // namespace keywarden::testing
