@@ -562,7 +562,7 @@ TEST(VolumeTest, ConcurrentVerifiedIoThroughFuse) {
   const RunResult fio = Exec({"fio", "--name=kw", "--filename=" + plain.string(), "--rw=randwrite",
                               "--bsrange=512-64k", "--direct=1", "--ioengine=psync", "--numjobs=4",
                               "--size=8m", "--offset_increment=8m", "--verify=crc32c",
-                              "--verify_fatal=1", "--do_verify=1", "--group_reporting"});
+                              "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", "--group_reporting"});
   EXPECT_TRUE(fio.ok()) << fio;
   EXPECT_THAT(fio.stdout_text + fio.stderr_text, Not(HasSubstr("verify failed")));
   EXPECT_THAT(fio.stdout_text, HasSubstr("err= 0"));
