@@ -968,6 +968,19 @@ const UsageCase kUsageCases[] = {
     {"ClusterIdNotHex", {"derive", "pcr15", "--cluster-id", kHex64.substr(1) + "z"}},
     {"ClusterIdWithPrefix", {"derive", "pcr15", "--cluster-id", "0x" + kHex64.substr(2)}},
     {"ClusterIdEmpty", {"derive", "pcr15", "--cluster-id", ""}},
+    {"VolumeWithoutCommand", {"volume"}},
+    {"VolumeFormatWithoutTarget", {"volume", "format", "--master-secret", "@SECRET@"}},
+    {"VolumeFormatBothKeySources",
+     {"volume", "format", "x.img", "--master-secret", "@SECRET@", "--endpoint", "127.0.0.1:1"}},
+    {"VolumeFormatBadType", {"volume", "format", "x.img", "--master-secret", "@SECRET@",
+                             "--type", "luks3"}},
+    {"VolumeFormatBadPbkdf", {"volume", "format", "x.img", "--master-secret", "@SECRET@",
+                              "--pbkdf", "scrypt"}},
+    {"VolumeOpenWithoutName", {"volume", "open", "x.img", "--master-secret", "@SECRET@"}},
+    {"VolumeOpenZeroThreads", {"volume", "open", "x.img", "--name", "n", "--master-secret",
+                               "@SECRET@", "--threads", "0"}},
+    {"VolumeCloseWithoutName", {"volume", "close"}},
+    {"VolumeStatusWithoutTarget", {"volume", "status"}},
 };
 
 void PrintTo(const UsageCase& usage, std::ostream* os) { *os << usage.name; }
@@ -1008,6 +1021,17 @@ const HelpCase kHelpCases[] = {
      {"derive", "cluster-id"},
      {"--help", "--master-secret", "--measurement-salt"}},
     {"DerivePcr15", {"derive", "pcr15"}, {"--help", "--cluster-id"}},
+    {"Volume", {"volume"}, {"--help", "format", "open", "close", "status"}},
+    {"VolumeFormat",
+     {"volume", "format"},
+     {"--help", "TARGET", "--endpoint", "--master-secret", "--integrity", "--type", "--pbkdf",
+      "--pbkdf-iterations", "--wipe", "--force", "--tls-ca", "--timeout"}},
+    {"VolumeOpen",
+     {"volume", "open"},
+     {"--help", "TARGET", "--name", "--endpoint", "--master-secret", "--fuse-dir", "--foreground",
+      "--threads", "--run-dir"}},
+    {"VolumeClose", {"volume", "close"}, {"--help", "NAME", "--run-dir"}},
+    {"VolumeStatus", {"volume", "status"}, {"--help", "TARGET_OR_NAME", "--json", "--run-dir"}},
 };
 
 void PrintTo(const HelpCase& help, std::ostream* os) { *os << help.name; }

@@ -9,7 +9,7 @@
 
 namespace keywarden::testing {
 
-std::string GcryptXtsDecryptSector(const std::string& key, uint64_t sector_number,
+std::string GcryptXtsDecryptSector(const std::string& key, uint64_t iv,
                                    const std::string& ciphertext) {
   static const bool initialized = [] {
     gcry_check_version(nullptr);
@@ -22,7 +22,7 @@ std::string GcryptXtsDecryptSector(const std::string& key, uint64_t sector_numbe
   if (gcry_cipher_open(&handle, GCRY_CIPHER_AES256, GCRY_CIPHER_MODE_XTS, 0) != 0) return "";
   std::string out(ciphertext.size(), '\0');
   uint8_t tweak[16] = {};
-  for (int i = 0; i < 8; ++i) tweak[i] = static_cast<uint8_t>(sector_number >> (8 * i));
+  for (int i = 0; i < 8; ++i) tweak[i] = static_cast<uint8_t>(iv >> (8 * i));
   const bool ok = gcry_cipher_setkey(handle, key.data(), key.size()) == 0 &&
                   gcry_cipher_setiv(handle, tweak, sizeof(tweak)) == 0 &&
                   gcry_cipher_decrypt(handle, out.data(), out.size(), ciphertext.data(),

@@ -14,8 +14,9 @@
 namespace keywarden::testing {
 
 // GcryptXtsDecryptSector returns the plaintext of `ciphertext` (one sector) under the 64-byte
-// `key` with tweak = little-endian `sector_number`. Empty on error (the test then fails).
-std::string GcryptXtsDecryptSector(const std::string& key, uint64_t sector_number,
+// `key` with tweak = the little-endian plain64 IV `iv` (dm-crypt counts it in 512-byte units:
+// 4096-byte sector k has IV 8k). Empty on error (the test then fails).
+std::string GcryptXtsDecryptSector(const std::string& key, uint64_t iv,
                                    const std::string& ciphertext);
 
 // RewriteLuks2Metadata applies `edit` to the JSON metadata of the LUKS2 header in `path`,

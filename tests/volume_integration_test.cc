@@ -279,7 +279,8 @@ TEST(VolumeTest, UserspaceWritesDecryptWithTheDumpedVolumeKeyUnderLibgcrypt) {
   const std::string disk = *ReadFile(image);
   constexpr size_t kData = 16 * 1024 * 1024;
   auto sector = [&](uint64_t n) {
-    return GcryptXtsDecryptSector(volume_key, n, disk.substr(kData + n * 4096, 4096));
+    // dm-crypt's plain64 IV counts 512-byte units: 4096-byte sector n has IV 8n.
+    return GcryptXtsDecryptSector(volume_key, 8 * n, disk.substr(kData + n * 4096, 4096));
   };
   const std::string first_two = sector(0) + sector(1) + sector(2) + sector(3);
   EXPECT_EQ(first_two.substr(4096 - 17, a.size()), a);

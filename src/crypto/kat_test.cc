@@ -773,12 +773,13 @@ Bytes PatternBytes(size_t n, uint8_t seed) {
   return out;
 }
 
-// ExpectedSectors encrypts `data` sector by sector with AesXts and plain64 tweaks.
+// ExpectedSectors encrypts `data` sector by sector with AesXts and plain64 tweaks counted in
+// 512-byte units (dm-crypt's default, and LUKS2's).
 Bytes ExpectedSectors(const AesXts& xts, size_t sector_size, uint64_t first_sector,
                       std::span<const uint8_t> data) {
   Bytes out(data.size());
   for (size_t i = 0; i < data.size() / sector_size; ++i) {
-    EXPECT_TRUE(xts.Encrypt(Plain64Tweak(first_sector + i),
+    EXPECT_TRUE(xts.Encrypt(Plain64Tweak((first_sector + i) * (sector_size / 512)),
                             data.subspan(i * sector_size, sector_size),
                             std::span(out).subspan(i * sector_size, sector_size))
                     .ok());
@@ -791,7 +792,7 @@ TEST(XtsSectorCipherTest, EqualsAesXtsWithPlain64Tweaks) {
   // 2^32 - 2 makes the run cross 2^32; 2^40 + 5 is well above it; the last start ends at the
   // largest sector number.
   const uint64_t kFirstSectors[] = {0, 1, 0xFFFF'FFFE, (uint64_t{1} << 40) + 5,
-                                    UINT64_MAX - (kSectors - 1)};
+                                    UINT64_MAX / 8 - (kSectors - 1)};
   for (const size_t key_size : {size_t{32}, size_t{64}}) {
     const SecretBytes key(PatternBytes(key_size, 0x3b));
     const auto xts = AesXts::New(key);
@@ -825,26 +826,31 @@ TEST(XtsSectorCipherTest, EqualsAesXtsWithPlain64Tweaks) {
   }
 }
 
-// LUKS2 with 4096-byte sectors (dm-crypt iv_large_sectors) numbers the 4096-byte sectors
-// themselves: the k-th one has tweak k, not the 512-byte sector number 8k.
-TEST(XtsSectorCipherTest, LargeSectorsCountLargeUnits) {
+// LUKS2 with 4096-byte sectors does not set dm-crypt's iv_large_sectors: the IV still counts
+// 512-byte units, so 4096-byte sector k has tweak 8k (the VM tests confirm it against the
+// kernel). Equivalently: its bytes are the first XTS unit that eight 512-byte sectors 8k..8k+7
+// would start with, stretched to 4096 bytes.
+TEST(XtsSectorCipherTest, LargeSectorsCountIvsIn512ByteUnits) {
   const SecretBytes key(PatternBytes(64, 0x17));
   const auto xts = AesXts::New(key);
   const auto cipher4096 = XtsSectorCipher::New(key, 4096);
-  const auto cipher512 = XtsSectorCipher::New(key, 512);
-  ASSERT_TRUE(xts.ok() && cipher4096.ok() && cipher512.ok());
+  ASSERT_TRUE(xts.ok() && cipher4096.ok());
   const Bytes data = PatternBytes(4096, 0x2c);
   for (const uint64_t k : {uint64_t{1}, uint64_t{5}, uint64_t{0x1'0000'0001}}) {
     SCOPED_TRACE(::testing::Message() << "4096-byte sector " << k);
     Bytes out(data.size());
     ASSERT_TRUE((*cipher4096)->EncryptSectors(k, data, out).ok());
-    EXPECT_TRUE(out == ExpectedSectors(**xts, 4096, k, data));
-    EXPECT_FALSE(out == ExpectedSectors(**xts, 4096, 8 * k, data));
-    // The same bytes as eight 512-byte sectors 8k..8k+7 are a different encryption.
-    Bytes small(data.size());
-    ASSERT_TRUE((*cipher512)->EncryptSectors(8 * k, data, small).ok());
-    EXPECT_FALSE(out == small);
+    Bytes want(data.size());
+    ASSERT_TRUE((*xts)->Encrypt(Plain64Tweak(8 * k), data, want).ok());
+    EXPECT_TRUE(out == want);
+    Bytes large_iv(data.size());
+    ASSERT_TRUE((*xts)->Encrypt(Plain64Tweak(k), data, large_iv).ok());
+    EXPECT_FALSE(out == large_iv) << "counted like iv_large_sectors";
   }
+  // The largest first sector whose IV fits, and the first that does not.
+  Bytes out(data.size());
+  EXPECT_TRUE((*cipher4096)->EncryptSectors(UINT64_MAX / 8, data, out).ok());
+  EXPECT_FALSE((*cipher4096)->EncryptSectors(UINT64_MAX / 8 + 1, data, out).ok());
 }
 
 TEST(XtsSectorCipherTest, RefusesBadSectorSizesAndLengths) {
@@ -870,10 +876,11 @@ TEST(XtsSectorCipherTest, RefusesBadSectorSizesAndLengths) {
     const std::span<const uint8_t> two = std::span(data).first(2 * sector_size);
     EXPECT_TRUE((*cipher)->EncryptSectors(0, two, std::span(out).first(two.size())).ok());
     EXPECT_FALSE((*cipher)->EncryptSectors(0, two, std::span(out).first(sector_size)).ok());
-    EXPECT_FALSE((*cipher)->EncryptSectors(UINT64_MAX, two, std::span(out).first(two.size())).ok());
+    const uint64_t last = UINT64_MAX / (sector_size / 512);  // the last sector whose IV fits
+    EXPECT_FALSE((*cipher)->EncryptSectors(last, two, std::span(out).first(two.size())).ok());
     EXPECT_TRUE(
         (*cipher)
-            ->EncryptSectors(UINT64_MAX, two.first(sector_size), std::span(out).first(sector_size))
+            ->EncryptSectors(last, two.first(sector_size), std::span(out).first(sector_size))
             .ok());
   }
 }

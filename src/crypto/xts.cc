@@ -59,7 +59,7 @@ absl::Status AesXts::Decrypt(std::span<const uint8_t, kXtsTweakSize> tweak,
 
 absl::Status AesXts::Crypt(bool encrypt, uint64_t first_unit, size_t unit_size,
                            std::span<const uint8_t> in, std::span<uint8_t> out,
-                           const uint8_t* explicit_tweak) const {
+                           const uint8_t* explicit_tweak, uint64_t tweak_step) const {
   if (in.size() != out.size()) {
     return InvalidArgumentError("AES-XTS output buffer of {} bytes for {} bytes of input",
                                 out.size(), in.size());
@@ -82,7 +82,7 @@ absl::Status AesXts::Crypt(bool encrypt, uint64_t first_unit, size_t unit_size,
       std::memcpy(tweak, explicit_tweak, kXtsTweakSize);
     } else {
       // dm-crypt plain64: the unit number as 64-bit little-endian, zero-padded to 16 bytes.
-      const uint64_t unit = first_unit + i;
+      const uint64_t unit = (first_unit + i) * tweak_step;
       for (int b = 0; b < 8; ++b) tweak[b] = static_cast<uint8_t>(unit >> (8 * b));
     }
     int written = 0;
@@ -123,10 +123,14 @@ absl::Status XtsSectorCipher::Crypt(bool encrypt, uint64_t first_sector,
     return InvalidArgumentError("{} bytes is not a whole number of {}-byte sectors", in.size(),
                                 sector_size_);
   }
-  if (first_sector > UINT64_MAX - (in.size() / sector_size_ - 1)) {
-    return InvalidArgumentError("sector number overflows 64 bits");
+  // dm-crypt counts plain64 IVs in 512-byte units unless a mapping asks for iv_large_sectors,
+  // which LUKS2 never does: 4096-byte sector k has tweak 8k.
+  const uint64_t units_per_sector = sector_size_ / 512;
+  const uint64_t sectors = in.size() / sector_size_;
+  if (first_sector > (UINT64_MAX / units_per_sector) - (sectors - 1)) {
+    return InvalidArgumentError("sector number overflows the 64-bit IV");
   }
-  return xts_->Crypt(encrypt, first_sector, sector_size_, in, out, nullptr);
+  return xts_->Crypt(encrypt, first_sector, sector_size_, in, out, nullptr, units_per_sector);
 }
 
 }  // namespace keywarden::crypto

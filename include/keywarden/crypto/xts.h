@@ -36,18 +36,20 @@ class AesXts {
   friend class XtsSectorCipher;
   struct State;
   explicit AesXts(std::unique_ptr<State> state);
-  // Crypt processes `in` as units of `unit_size` bytes numbered from `first_unit` (plain64
-  // tweaks), or as one unit under `explicit_tweak` when that is non-null.
+  // Crypt processes `in` as units of `unit_size` bytes numbered from `first_unit`, unit n
+  // under the plain64 tweak n * `tweak_step`, or as one unit under `explicit_tweak` when that
+  // is non-null.
   absl::Status Crypt(bool encrypt, uint64_t first_unit, size_t unit_size,
                      std::span<const uint8_t> in, std::span<uint8_t> out,
-                     const uint8_t* explicit_tweak) const;
+                     const uint8_t* explicit_tweak, uint64_t tweak_step = 1) const;
   std::unique_ptr<State> state_;
 };
 
 // XtsSectorCipher is dm-crypt's `aes-xts-plain64`: each sector is one XTS data unit whose tweak
-// is the sector number as a 64-bit little-endian integer, zero-padded to 16 bytes. With
-// 4096-byte sectors the number counts 4096-byte units, as LUKS2 does (dm-crypt's
-// `iv_large_sectors`). Byte-compatible with the kernel and cryptsetup. Thread-safe.
+// is the plain64 IV, a 64-bit little-endian integer zero-padded to 16 bytes. dm-crypt counts
+// that IV in 512-byte units whatever the sector size (LUKS2 never sets `iv_large_sectors`), so
+// 4096-byte sector k has tweak 8k. Byte-compatible with the kernel and cryptsetup: the VM tests
+// (tests/vm) check it against the kernel's dm-crypt. Thread-safe.
 class XtsSectorCipher {
  public:
   // New takes a 64-byte (AES-256-XTS, LUKS2 default) or 32-byte key and a sector size of 512

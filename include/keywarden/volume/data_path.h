@@ -1,5 +1,6 @@
 // The userspace data path: a LUKS volume's data area, read and written exactly as dm-crypt
-// does (aes-xts-plain64, one XTS data unit per sector, the sector number as the tweak), for
+// does (aes-xts-plain64, one XTS data unit per sector, the plain64 IV in 512-byte units as the
+// tweak), for
 // hosts without device-mapper. docs/formats/volume.md describes the on-disk layout.
 #pragma once
 
