@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -104,8 +105,10 @@ int RunVolumeFormat(volume::FormatRequest request, const KeySource& keys) {
   return kExitOk;
 }
 
-int RunVolumeOpen(const volume::OpenRequest& request, const KeySource& keys, bool foreground) {
+int RunVolumeOpen(volume::OpenRequest request, const KeySource& keys, bool foreground) {
   HardenProcess();
+  std::error_code ec;
+  request.run_dir = std::filesystem::absolute(request.run_dir, ec).string();
   auto print_ready = [](const volume::OpenedVolume& v) {
     fmt::print("{}\n", v.path);
     std::fflush(stdout);
@@ -140,6 +143,8 @@ int RunVolumeOpen(const volume::OpenRequest& request, const KeySource& keys, boo
           WriteAll(report, "OK " + v.path);
           close(report);
           reported = true;
+          // Like any daemon, keep no directory busy (every path it uses is absolute by now).
+          if (chdir("/") != 0) std::perror("keywarden: chdir /");
           // From here on the server's messages go to its log beside its record.
           const std::string log = request.run_dir + "/volumes/" + request.name + ".log";
           const int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);

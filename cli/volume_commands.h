@@ -17,7 +17,7 @@ struct KeySource {
 };
 
 int RunVolumeFormat(volume::FormatRequest request, const KeySource& keys);
-int RunVolumeOpen(const volume::OpenRequest& request, const KeySource& keys, bool foreground);
+int RunVolumeOpen(volume::OpenRequest request, const KeySource& keys, bool foreground);
 int RunVolumeClose(const std::string& name, const std::string& run_dir);
 int RunVolumeStatus(const std::string& target_or_name, const std::string& run_dir, bool json);
 

@@ -148,7 +148,7 @@ class VolumeEnv {
     const RunResult r = Kw(args);
     EXPECT_TRUE(r.ok()) << r;
     if (!r.ok()) return {};
-    opened_.push_back(name);
+    if (std::find(opened_.begin(), opened_.end(), name) == opened_.end()) opened_.push_back(name);
     EXPECT_EQ(r.stdout_text, (dir / name).string() + "\n");
     return dir / name;
   }
@@ -362,6 +362,28 @@ TEST(VolumeTest, StatusShowsTheMappingAndJson) {
   EXPECT_THAT(none.stderr_text, HasSubstr("no open volume named nothing-here"));
 }
 
+TEST(VolumeTest, SigtermStopsTheServerAndUnmounts) {
+  REQUIRE_ROOT_AND_FUSE();
+  VolumeEnv env;
+  const fs::path image = env.Image("v.img", 20);
+  ASSERT_TRUE(env.Format(image).ok());
+  const fs::path plain = env.Open(image, "term");
+  const std::string data = RandomText(50000, 6);
+  WriteAt(plain, 12345, data);
+  const auto parsed =
+      nlohmann::json::parse(env.Kw({"volume", "status", "term", "--json"}).stdout_text);
+  const pid_t server = parsed["mappings"][0]["pid"].get<pid_t>();
+  ASSERT_EQ(kill(server, SIGTERM), 0);
+  for (int i = 0; i < 500 && kill(server, 0) == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_NE(kill(server, 0), 0) << "the server did not exit on SIGTERM";
+  EXPECT_FALSE(fs::exists(plain));
+  EXPECT_FALSE(fs::exists(env.run_dir() / "volumes" / "term.json"));
+  EXPECT_THAT(env.Kw({"volume", "status", image.string()}).stdout_text, HasSubstr("mapped no"));
+  // Everything written before the signal is there.
+  const fs::path again = env.Open(image, "term");
+  EXPECT_EQ(ReadAt(again, 12345, data.size()), data);
+}
+
 TEST(VolumeTest, WrongKeyIsRefusedAndTheHeaderIsUnchanged) {
   REQUIRE_ROOT_AND_FUSE();
   VolumeEnv env;
@@ -560,10 +582,11 @@ TEST(VolumeTest, ConcurrentVerifiedIoThroughFuse) {
   const fs::path plain = env.Open(image, "fio");
   // Four jobs write verified random blocks of mixed sizes in their own 8 MiB regions at once,
   // then read them back; fio checks every block's crc32c and header.
-  const RunResult fio = Exec({"fio", "--name=kw", "--filename=" + plain.string(), "--rw=randwrite",
-                              "--bsrange=512-64k", "--direct=1", "--ioengine=psync", "--numjobs=4",
-                              "--size=8m", "--offset_increment=8m", "--verify=crc32c",
-                              "--verify_fatal=1", "--do_verify=1", "--verify_state_save=0", "--group_reporting"});
+  const RunResult fio =
+      Exec({"fio", "--name=kw", "--filename=" + plain.string(), "--rw=randwrite",
+            "--bsrange=512-64k", "--direct=1", "--ioengine=psync", "--numjobs=4", "--size=8m",
+            "--offset_increment=8m", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+            "--verify_state_save=0", "--group_reporting"});
   EXPECT_TRUE(fio.ok()) << fio;
   EXPECT_THAT(fio.stdout_text + fio.stderr_text, Not(HasSubstr("verify failed")));
   EXPECT_THAT(fio.stdout_text, HasSubstr("err= 0"));

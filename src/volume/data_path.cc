@@ -204,19 +204,37 @@ absl::StatusOr<size_t> DataPath::Write(uint64_t offset, std::span<const uint8_t>
   const size_t tail = static_cast<size_t>((offset + length) % ss);
 
   RangeLock lock(*this, first * ss, (last + 1) * ss, /*exclusive=*/true);
+  // The ciphertext of the whole span goes to the target in one write. Whole sectors are
+  // encrypted straight from `data` into the buffer (no plaintext copy); a partial first or last
+  // sector keeps its other bytes: it is read, decrypted, patched and re-encrypted in place.
   std::span<uint8_t> buffer = Scratch(span_bytes);
-  // Partial first and last sectors keep their other bytes: read and decrypt them first.
-  if (head != 0) {
-    RETURN_IF_ERROR(ReadSectors(first, buffer.first(ss)));
-    RETURN_IF_ERROR(codec_->Decrypt(first, buffer.first(ss), buffer.first(ss)));
+  const uint64_t sectors = last - first + 1;
+  const bool partial_first = head != 0 || (sectors == 1 && tail != 0);
+  const bool partial_last = tail != 0 && sectors > 1;
+  auto patch = [&](uint64_t sector, std::span<uint8_t> plain, size_t at,
+                   std::span<const uint8_t> bytes) -> absl::Status {
+    RETURN_IF_ERROR(ReadSectors(sector, plain));
+    RETURN_IF_ERROR(codec_->Decrypt(sector, plain, plain));
+    std::memcpy(plain.data() + at, bytes.data(), bytes.size());
+    return codec_->Encrypt(sector, plain, plain);
+  };
+  size_t consumed = 0;  // bytes of `data` placed so far
+  uint64_t sector = first;
+  if (partial_first) {
+    const size_t n = std::min(length, ss - head);
+    RETURN_IF_ERROR(patch(first, buffer.first(ss), head, data.first(n)));
+    consumed = n;
+    ++sector;
   }
-  if (tail != 0 && (last != first || head == 0)) {
-    std::span<uint8_t> end = buffer.last(ss);
-    RETURN_IF_ERROR(ReadSectors(last, end));
-    RETURN_IF_ERROR(codec_->Decrypt(last, end, end));
+  const size_t whole = (length - consumed - (partial_last ? tail : 0)) / ss * ss;
+  if (whole != 0) {
+    RETURN_IF_ERROR(codec_->Encrypt(sector, data.subspan(consumed, whole),
+                                    buffer.subspan((sector - first) * ss, whole)));
+    consumed += whole;
   }
-  std::memcpy(buffer.data() + head, data.data(), length);
-  RETURN_IF_ERROR(codec_->Encrypt(first, buffer, buffer));
+  if (partial_last) {
+    RETURN_IF_ERROR(patch(last, buffer.last(ss), 0, data.subspan(consumed, tail)));
+  }
   RETURN_IF_ERROR(WriteSectors(first, buffer));
   return length;
 }
