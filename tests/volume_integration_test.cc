@@ -494,6 +494,25 @@ TEST(VolumeTest, WipeInitializesAndAnInterruptedFormatIsNotOpened) {
   EXPECT_THAT(r.stderr_text, HasSubstr("never fully initialized"));
 }
 
+TEST(VolumeTest, WipeProgressGoesToATerminalOnly) {
+  REQUIRE_ROOT_AND_FUSE();
+  VolumeEnv env;
+  const fs::path piped = env.Image("piped.img", 24);
+  const RunResult quiet = env.Format(piped, {"--wipe"});
+  ASSERT_TRUE(quiet.ok()) << quiet;
+  EXPECT_THAT(quiet.stderr_text, Not(HasSubstr("initializing")));
+  EXPECT_EQ(quiet.stderr_text.find('\r'), std::string::npos);
+  // script(1) gives the command a pseudo-terminal.
+  const fs::path tty = env.Image("tty.img", 24);
+  const std::string command = std::string(KEYWARDEN_BINARY) + " volume format " + tty.string() +
+                              " --endpoint " + env.endpoint() +
+                              " --pbkdf pbkdf2 --pbkdf-iterations 1000 --wipe";
+  const RunResult shown = Exec({"script", "-qec", command, "/dev/null"});
+  ASSERT_TRUE(shown.ok()) << shown;
+  EXPECT_THAT(shown.stdout_text, HasSubstr("initializing ["));
+  EXPECT_THAT(shown.stdout_text, HasSubstr("100%"));
+}
+
 // ExpectRefused checks that open and status refuse `image` with `reason` and change nothing.
 void ExpectRefused(VolumeEnv& env, const fs::path& image, const std::string& reason,
                    std::vector<std::string> key_args) {
