@@ -1,5 +1,5 @@
 # Keywarden's entry points. `make run` and `make test` install their own dependencies.
-.PHONY: all deps build run test bench bench-service format format-check clean
+.PHONY: all deps build run test bench bench-service bench-volume format format-check clean
 
 JOBS ?= $(shell nproc)
 
@@ -27,6 +27,11 @@ bench: build
 # bench-service: GetDataKey load beside the gRPC echo floor, embedded and etcd stores.
 bench-service: build
 	scripts/bench-service
+
+# bench-volume: fio through the userspace volume path beside its FUSE floor, nbdkit's luks
+# filter and openssl's AES-XTS (docs/performance.md).
+bench-volume: build
+	scripts/bench-volume
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')

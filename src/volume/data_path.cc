@@ -4,9 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <bitset>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "keywarden/status.h"
@@ -70,30 +70,40 @@ std::unique_ptr<SectorCodec> NewPlaintextCodecForBenchmarks(size_t sector_size) 
 
 class DataPath::RangeLock {
  public:
+  // The regions of [begin, end) are consecutive, so their stripes are one run modulo
+  // kLockStripes: [a, b], or [0, b] and [a, kLockStripes) when it wraps. Both are taken in index
+  // order, the same global order for every caller, so two RangeLocks never deadlock.
   RangeLock(DataPath& path, uint64_t begin, uint64_t end, bool exclusive)
       : path_(path), exclusive_(exclusive) {
     const uint64_t first = begin / kLockRegion, last = (end - 1) / kLockRegion;
+    const size_t a = static_cast<size_t>(first % kLockStripes);
+    const size_t b = static_cast<size_t>(last % kLockStripes);
     if (last - first + 1 >= kLockStripes) {
-      held_.set();
+      low_ = {0, kLockStripes};
+    } else if (a <= b) {
+      low_ = {a, b + 1};
     } else {
-      for (uint64_t region = first; region <= last; ++region) held_.set(region % kLockStripes);
+      low_ = {0, b + 1};
+      high_ = {a, kLockStripes};
     }
-    for (size_t i = 0; i < kLockStripes; ++i) {
-      if (!held_.test(i)) continue;
-      if (exclusive_) {
-        path_.stripes_[i].lock();
-      } else {
-        path_.stripes_[i].lock_shared();
+    for (const auto& [from, to] : {low_, high_}) {
+      for (size_t i = from; i < to; ++i) {
+        if (exclusive_) {
+          path_.stripes_[i].mutex.lock();
+        } else {
+          path_.stripes_[i].mutex.lock_shared();
+        }
       }
     }
   }
   ~RangeLock() {
-    for (size_t i = kLockStripes; i-- > 0;) {
-      if (!held_.test(i)) continue;
-      if (exclusive_) {
-        path_.stripes_[i].unlock();
-      } else {
-        path_.stripes_[i].unlock_shared();
+    for (const auto& [from, to] : {high_, low_}) {
+      for (size_t i = to; i-- > from;) {
+        if (exclusive_) {
+          path_.stripes_[i].mutex.unlock();
+        } else {
+          path_.stripes_[i].mutex.unlock_shared();
+        }
       }
     }
   }
@@ -103,7 +113,8 @@ class DataPath::RangeLock {
  private:
   DataPath& path_;
   bool exclusive_;
-  std::bitset<kLockStripes> held_;
+  std::pair<size_t, size_t> low_{0, 0};   // stripes [first, second), locked first
+  std::pair<size_t, size_t> high_{0, 0};  // then these (non-empty only when the run wraps)
 };
 
 absl::StatusOr<std::unique_ptr<DataPath>> DataPath::Open(const std::string& target,
