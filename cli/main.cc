@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <string>
 
+#include "cli/attest_commands.h"
 #include "cli/commands.h"
 #include "cli/volume_commands.h"
 #include "keywarden/keys/hierarchy.h"
@@ -265,6 +266,23 @@ int main(int argc, char** argv) {
       ->required();
   vstatus->add_flag("--json", status_json, "print JSON");
 
+  // measurements
+  CLI::App* measurements_cmd = app.add_subcommand(
+      "measurements", "TPM measurements in Constellation's format (docs/attestation.md).");
+  measurements_cmd->require_subcommand(0, 1);
+  std::string measure_tpm, measure_format = "json";
+  CLI::App* mread = measurements_cmd->add_subcommand(
+      "read",
+      "Print a TPM's SHA-256 PCRs 0-23 as base measurements: {\"<pcr>\": {\"expected\": "
+      "\"<hex>\", \"warnOnly\": false}}. Edit warnOnly where a PCR may vary.");
+  mread
+      ->add_option("--tpm", measure_tpm,
+                   "TPM to read: a TCTI such as device:/dev/tpmrm0 or swtpm:port=2321")
+      ->required();
+  mread->add_option("--format", measure_format, "json or yaml")
+      ->check(CLI::IsMember({"json", "yaml"}))
+      ->capture_default_str();
+
   std::string run_dir(volume::kDefaultRunDir);
   for (CLI::App* cmd : {vopen, vclose, vstatus}) {
     cmd->add_option("--run-dir", run_dir, "where open volumes are recorded")->capture_default_str();
@@ -312,11 +330,13 @@ int main(int argc, char** argv) {
   }
   if (vclose->parsed()) return cli::RunVolumeClose(close_name, run_dir);
   if (vstatus->parsed()) return cli::RunVolumeStatus(status_what, run_dir, status_json);
+  if (mread->parsed()) return cli::RunMeasurementsRead(measure_tpm, measure_format);
   // No command (or `derive` without one): show what there is.
-  const CLI::App& shown = derive->parsed()       ? *derive
-                          : dek_cmd->parsed()    ? *dek_cmd
-                          : volume_cmd->parsed() ? *volume_cmd
-                                                 : app;
+  const CLI::App& shown = derive->parsed()             ? *derive
+                          : dek_cmd->parsed()          ? *dek_cmd
+                          : volume_cmd->parsed()       ? *volume_cmd
+                          : measurements_cmd->parsed() ? *measurements_cmd
+                                                       : app;
   fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;
 }

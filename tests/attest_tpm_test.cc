@@ -542,3 +542,41 @@ TEST(TpmOpen, FailsCleanly) {
 
 }  // namespace
 }  // namespace keywarden::attest
+
+namespace keywarden::attest {
+namespace {
+
+// `keywarden measurements read` prints what the TPM holds, in a form ParseMeasurements reads
+// back, after a PCR 15 extension too; an unreachable TPM is a clear error.
+TEST(MeasurementsReadCli, PrintsTheTpmsPcrs) {
+  SwtpmInstance instance;
+  ASSERT_TRUE(instance.Start());
+  {
+    auto tpm = OpenTpm(instance);
+    ASSERT_TRUE(tpm);
+    const Bytes event = RandomBytes(32);
+    ASSERT_TRUE(tpm->ExtendPcr15WithEvent(event).ok());
+  }
+  auto tpm = OpenTpm(instance);
+  ASSERT_TRUE(tpm);
+  auto bank = tpm->ReadPcrs();
+  ASSERT_TRUE(bank.ok());
+  for (const std::string format : {"json", "yaml"}) {
+    SCOPED_TRACE(format);
+    const auto r = keywarden::testing::Run(
+        {KEYWARDEN_BINARY, "measurements", "read", "--tpm", instance.tcti(), "--format", format});
+    ASSERT_TRUE(r.ok()) << r;
+    auto parsed = ParseMeasurements(r.stdout_text);
+    ASSERT_TRUE(parsed.ok()) << parsed.status() << "\n" << r.stdout_text;
+    EXPECT_EQ(parsed->size(), 24u);
+    EXPECT_TRUE(Compare(*parsed, *bank).ok());
+    EXPECT_NE((*parsed)[15].expected, PcrValue{}) << "PCR 15 was extended";
+  }
+  const auto bad =
+      keywarden::testing::Run({KEYWARDEN_BINARY, "measurements", "read", "--tpm", "swtpm:port=1"});
+  EXPECT_EQ(bad.exit_code, 1) << bad;
+  EXPECT_THAT(bad.stderr_text, HasSubstr("cannot open TPM"));
+}
+
+}  // namespace
+}  // namespace keywarden::attest

@@ -972,15 +972,17 @@ const UsageCase kUsageCases[] = {
     {"VolumeFormatWithoutTarget", {"volume", "format", "--master-secret", "@SECRET@"}},
     {"VolumeFormatBothKeySources",
      {"volume", "format", "x.img", "--master-secret", "@SECRET@", "--endpoint", "127.0.0.1:1"}},
-    {"VolumeFormatBadType", {"volume", "format", "x.img", "--master-secret", "@SECRET@",
-                             "--type", "luks3"}},
-    {"VolumeFormatBadPbkdf", {"volume", "format", "x.img", "--master-secret", "@SECRET@",
-                              "--pbkdf", "scrypt"}},
+    {"VolumeFormatBadType",
+     {"volume", "format", "x.img", "--master-secret", "@SECRET@", "--type", "luks3"}},
+    {"VolumeFormatBadPbkdf",
+     {"volume", "format", "x.img", "--master-secret", "@SECRET@", "--pbkdf", "scrypt"}},
     {"VolumeOpenWithoutName", {"volume", "open", "x.img", "--master-secret", "@SECRET@"}},
-    {"VolumeOpenZeroThreads", {"volume", "open", "x.img", "--name", "n", "--master-secret",
-                               "@SECRET@", "--threads", "0"}},
+    {"VolumeOpenZeroThreads",
+     {"volume", "open", "x.img", "--name", "n", "--master-secret", "@SECRET@", "--threads", "0"}},
     {"VolumeCloseWithoutName", {"volume", "close"}},
     {"VolumeStatusWithoutTarget", {"volume", "status"}},
+    {"MeasurementsReadWithoutTpm", {"measurements", "read"}},
+    {"MeasurementsReadBadFormat", {"measurements", "read", "--tpm", "x", "--format", "xml"}},
 };
 
 void PrintTo(const UsageCase& usage, std::ostream* os) { *os << usage.name; }
@@ -1032,6 +1034,8 @@ const HelpCase kHelpCases[] = {
       "--threads", "--run-dir"}},
     {"VolumeClose", {"volume", "close"}, {"--help", "NAME", "--run-dir"}},
     {"VolumeStatus", {"volume", "status"}, {"--help", "TARGET_OR_NAME", "--json", "--run-dir"}},
+    {"Measurements", {"measurements"}, {"--help", "read"}},
+    {"MeasurementsRead", {"measurements", "read"}, {"--help", "--tpm", "--format"}},
 };
 
 void PrintTo(const HelpCase& help, std::ostream* os) { *os << help.name; }
