@@ -16,15 +16,9 @@ int RunMeasurementsRead(const std::string& tcti, const std::string& format) {
   // (an explicit TSS2_LOG still wins).
   setenv("TSS2_LOG", "all+NONE", /*overwrite=*/0);
   auto tpm = attest::Tpm::Open(tcti);
-  if (!tpm.ok()) {
-    fmt::print(stderr, "keywarden: error: {}\n", StatusMessage(tpm.status()));
-    return kExitError;
-  }
+  if (!tpm.ok()) return Fail(tpm.status());
   auto pcrs = (*tpm)->ReadPcrs();
-  if (!pcrs.ok()) {
-    fmt::print(stderr, "keywarden: error: {}\n", StatusMessage(pcrs.status()));
-    return kExitError;
-  }
+  if (!pcrs.ok()) return Fail(pcrs.status());
   const attest::Measurements measurements = attest::MeasurementsFromPcrs(*pcrs);
   const std::string text = format == "yaml" ? attest::MeasurementsToYaml(measurements)
                                             : attest::MeasurementsToJson(measurements);

@@ -11,12 +11,12 @@
 #include "keywarden/status.h"
 
 namespace keywarden::cli {
-namespace {
-
 int Fail(const absl::Status& status) {
   fmt::print(stderr, "keywarden: error: {}\n", StatusMessage(status));
   return kExitError;
 }
+
+namespace {
 
 void PrintHex(std::span<const uint8_t> bytes) { fmt::print("{}\n", crypto::HexEncode(bytes)); }
 

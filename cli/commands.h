@@ -13,6 +13,9 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitError = 1;
 inline constexpr int kExitUsage = 2;
 
+// Fail prints "keywarden: error: MESSAGE" on stderr and returns kExitError.
+int Fail(const absl::Status& status);
+
 int RunInit(const std::string& dir);
 int RunStatus(const std::string& dir);
 int RunDeriveDek(const std::string& master_secret_file, const std::string& id, size_t length);

@@ -22,11 +22,6 @@
 namespace keywarden::cli {
 namespace {
 
-int Fail(const absl::Status& status) {
-  fmt::print(stderr, "keywarden: error: {}\n", StatusMessage(status));
-  return kExitError;
-}
-
 // MakeFetcher returns the DEK source the flags chose. The master secret is read once.
 absl::StatusOr<volume::KeyFetcher> MakeFetcher(const KeySource& keys) {
   if (!keys.master_secret.empty()) {

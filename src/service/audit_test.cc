@@ -17,9 +17,9 @@
 namespace keywarden::service {
 namespace {
 
-using ::testing::HasSubstr;
 using keywarden::testing::ReadFile;
 using keywarden::testing::TempDir;
+using ::testing::HasSubstr;
 
 std::vector<std::string> Lines(const std::filesystem::path& path) {
   std::vector<std::string> lines;
@@ -34,8 +34,12 @@ void WriteLines(const std::filesystem::path& path, const std::vector<std::string
 }
 
 AuditRecord Record(int i) {
-  return {"join", "ek-" + std::to_string(i), "uuid-" + std::to_string(i), i % 2 == 0,
-          i % 2 == 0 ? "ok" : "PCR 4 mismatch", "127.0.0.1:1"};
+  return {"join",
+          "ek-" + std::to_string(i),
+          "uuid-" + std::to_string(i),
+          i % 2 == 0,
+          i % 2 == 0 ? "ok" : "PCR 4 mismatch",
+          "127.0.0.1:1"};
 }
 
 TEST(AuditLog, AppendsChainedRecordsAndContinuesAfterReopen) {
