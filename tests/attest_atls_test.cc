@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "attest.pb.h"
+#include "keywarden/attest/release.h"
 #include "keywarden/attest/tpm_attestation.h"
 #include "keywarden/crypto/atls.h"
 #include "keywarden/crypto/random.h"
@@ -165,6 +167,77 @@ TEST(TpmAtls, CheckDocumentRefusesAnotherNonceOrKey) {
   const std::string other_bundle = *keywarden::testing::ReadFile(stranger.ca_bundle());
   EXPECT_THAT(CheckDocument(*document, nonce, key, other_bundle, m, Pcr15Rule{}).status().message(),
               HasSubstr("EK certificate"));
+}
+
+// Sealed release: what one node's document lets a sender seal opens only in that node's TPM,
+// with that AK, for that purpose and context.
+TEST(SealedRelease, OpensOnlyInTheQuotingTpmForItsPurposeAndContext) {
+  auto ca = std::make_shared<SwtpmCa>();
+  SwtpmInstance node(ca), other(ca);
+  ASSERT_TRUE(node.Start());
+  ASSERT_TRUE(other.Start());
+  auto issuer_of = [](const SwtpmInstance& n) {
+    auto tpm = Tpm::Open(n.tcti());
+    EXPECT_TRUE(tpm.ok()) << tpm.status();
+    auto issuer = TpmIssuer::New(std::move(*tpm));
+    EXPECT_TRUE(issuer.ok()) << issuer.status();
+    return std::move(*issuer);
+  };
+  auto node_issuer = issuer_of(node);
+  auto other_issuer = issuer_of(other);
+  std::array<uint8_t, 32> nonce{}, key{};
+  auto document = node_issuer->Issue(nonce, key);
+  ASSERT_TRUE(document.ok()) << document.status();
+  auto peer = PeerTpmFromDocument(*document);
+  ASSERT_TRUE(peer.ok()) << peer.status();
+
+  NodeSecrets secrets;
+  secrets.state_disk_key = *crypto::RandomSecret(kNodeSecretSize);
+  secrets.measurement_secret = *crypto::RandomSecret(kNodeSecretSize);
+  auto plaintext = EncodeNodeSecrets(secrets);
+  ASSERT_TRUE(plaintext.ok());
+  const std::array<uint8_t, 3> salt{1, 2, 3};
+  const std::string context = ReleaseContext("0A1B2C3D-0000-4000-8000-000000000000", salt);
+  EXPECT_EQ(context, "0a1b2c3d-0000-4000-8000-000000000000/010203");
+  SealedRelease sealed;
+  ASSERT_TRUE(SealForTpm(*peer, kPurposeJoin, context, *plaintext, &sealed).ok());
+
+  auto opened = OpenSealed(*node_issuer, sealed, kPurposeJoin, context);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  auto decoded = DecodeNodeSecrets(*opened);
+  ASSERT_TRUE(decoded.ok());
+  const auto access = InsecureSecretAccess::Get();
+  EXPECT_TRUE(std::ranges::equal(decoded->state_disk_key.Reveal(access),
+                                 secrets.state_disk_key.Reveal(access)));
+  EXPECT_TRUE(std::ranges::equal(decoded->measurement_secret.Reveal(access),
+                                 secrets.measurement_secret.Reveal(access)));
+
+  // Another TPM (same CA) cannot activate the credential.
+  EXPECT_EQ(OpenSealed(*other_issuer, sealed, kPurposeJoin, context).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Another purpose or context does not decrypt.
+  EXPECT_EQ(OpenSealed(*node_issuer, sealed, kPurposeRecover, context).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(OpenSealed(*node_issuer, sealed, kPurposeJoin, context + "x").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Tampered ciphertext or credential: refused.
+  SealedRelease tampered = sealed;
+  (*tampered.mutable_ciphertext())[20] ^= 1;
+  EXPECT_EQ(OpenSealed(*node_issuer, tampered, kPurposeJoin, context).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  tampered = sealed;
+  (*tampered.mutable_credential_blob())[5] ^= 1;
+  EXPECT_FALSE(OpenSealed(*node_issuer, tampered, kPurposeJoin, context).ok());
+  tampered = sealed;
+  tampered.set_version(2);
+  EXPECT_EQ(OpenSealed(*node_issuer, tampered, kPurposeJoin, context).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The same node with a new AK (e.g. after a restart of the node's process) cannot open a
+  // release made for the old AK.
+  node_issuer.reset();  // swtpm serves one connection at a time
+  auto later_issuer = issuer_of(node);
+  EXPECT_EQ(OpenSealed(*later_issuer, sealed, kPurposeJoin, context).status().code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 }  // namespace

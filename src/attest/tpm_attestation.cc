@@ -54,6 +54,22 @@ absl::StatusOr<std::string> TpmIssuer::Issue(std::span<const uint8_t> nonce,
   return UnavailableError("the TPM's PCRs kept changing while it quoted them");
 }
 
+absl::StatusOr<SecretBytes> TpmIssuer::ActivateCredential(
+    std::span<const uint8_t> credential_blob, std::span<const uint8_t> encrypted_secret) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tpm_->ActivateCredential(credential_blob, encrypted_secret);
+}
+
+absl::StatusOr<PcrBank> TpmIssuer::ReadPcrs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tpm_->ReadPcrs();
+}
+
+absl::Status TpmIssuer::ExtendPcr15WithEvent(std::span<const uint8_t> data) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tpm_->ExtendPcr15WithEvent(data);
+}
+
 absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
                                                 std::span<const uint8_t> nonce,
                                                 std::span<const uint8_t> tls_key_hash,

@@ -25,6 +25,14 @@ class TpmIssuer final : public crypto::AttestationIssuer {
   absl::StatusOr<std::string> Issue(std::span<const uint8_t> nonce,
                                     std::span<const uint8_t> tls_key_hash) override;
 
+  // The TPM operations a node needs besides quoting, serialized with Issue: credential
+  // activation with this issuer's AK (release.h's OpenSealed), and PCR reads and the one
+  // PCR 15 extension of a node's boot.
+  absl::StatusOr<SecretBytes> ActivateCredential(std::span<const uint8_t> credential_blob,
+                                                 std::span<const uint8_t> encrypted_secret);
+  absl::StatusOr<PcrBank> ReadPcrs();
+  absl::Status ExtendPcr15WithEvent(std::span<const uint8_t> data);
+
  private:
   TpmIssuer(std::unique_ptr<Tpm> tpm, AkInfo ak, std::vector<uint8_t> ek_public,
             std::vector<uint8_t> ek_certificate)
