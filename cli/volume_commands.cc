@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "keywarden/crypto/encoding.h"
 #include "keywarden/keys/hierarchy.h"
 #include "keywarden/keys/master_secret.h"
 #include "keywarden/status.h"
@@ -55,6 +56,10 @@ void PrintFacts(const volume::HeaderFacts& f) {
   fmt::print("pbkdf {}\n", f.pbkdf);
   fmt::print("key-id {}\n", f.key_id);
   fmt::print("initialized {}\n", f.initialized ? "yes" : "no");
+  // A state disk's salt as the header states it; its MAC needs the DEK (ReadNodeState).
+  if (f.measurement_salt) {
+    fmt::print("measurement-salt {}\n", crypto::HexEncode(*f.measurement_salt));
+  }
 }
 
 nlohmann::json FactsJson(const volume::HeaderFacts& f) {
@@ -67,7 +72,10 @@ nlohmann::json FactsJson(const volume::HeaderFacts& f) {
           {"integrity", f.integrity ? nlohmann::json(*f.integrity) : nlohmann::json(nullptr)},
           {"pbkdf", f.pbkdf},
           {"key_id", f.key_id},
-          {"initialized", f.initialized}};
+          {"initialized", f.initialized},
+          {"measurement_salt", f.measurement_salt
+                                   ? nlohmann::json(crypto::HexEncode(*f.measurement_salt))
+                                   : nlohmann::json(nullptr)}};
 }
 
 // WriteAll writes a short message to the start-up pipe.
@@ -101,6 +109,12 @@ int RunVolumeFormat(volume::FormatRequest request, const KeySource& keys) {
 }
 
 int RunVolumeOpen(volume::OpenRequest request, const KeySource& keys, bool foreground) {
+  return RunVolumeOpenWith(
+      std::move(request), [&keys] { return MakeFetcher(keys); }, foreground);
+}
+
+int RunVolumeOpenWith(volume::OpenRequest request, const FetcherFactory& make_fetcher,
+                      bool foreground) {
   HardenProcess();
   std::error_code ec;
   request.run_dir = std::filesystem::absolute(request.run_dir, ec).string();
@@ -109,7 +123,7 @@ int RunVolumeOpen(volume::OpenRequest request, const KeySource& keys, bool foreg
     std::fflush(stdout);
   };
   if (foreground || request.fuse_dir.empty()) {
-    auto fetch = MakeFetcher(keys);
+    auto fetch = make_fetcher();
     if (!fetch.ok()) return Fail(fetch.status());
     const absl::Status status = volume::OpenVolume(request, *fetch, print_ready);
     return status.ok() ? kExitOk : Fail(status);
@@ -127,7 +141,7 @@ int RunVolumeOpen(volume::OpenRequest request, const KeySource& keys, bool foreg
     close(pipe_fds[0]);
     setsid();
     const int report = pipe_fds[1];
-    auto fetch = MakeFetcher(keys);
+    auto fetch = make_fetcher();
     if (!fetch.ok()) {
       WriteAll(report, "ERR " + StatusMessage(fetch.status()));
       _exit(kExitError);

@@ -2,6 +2,7 @@
 // code (0 success, 1 error with a message on stderr).
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "keywarden/service/server.h"
@@ -18,6 +19,14 @@ struct KeySource {
 
 int RunVolumeFormat(volume::FormatRequest request, const KeySource& keys);
 int RunVolumeOpen(volume::OpenRequest request, const KeySource& keys, bool foreground);
+// FetcherFactory makes the key source in the process that will use it: with --fuse-dir the
+// background server is forked first, so nothing the parent made (a gRPC channel) crosses the
+// fork.
+using FetcherFactory = std::function<absl::StatusOr<volume::KeyFetcher>()>;
+// RunVolumeOpenWith is RunVolumeOpen with any key source (the node commands pass the key they
+// were released).
+int RunVolumeOpenWith(volume::OpenRequest request, const FetcherFactory& make_fetcher,
+                      bool foreground);
 int RunVolumeClose(const std::string& name, const std::string& run_dir);
 int RunVolumeStatus(const std::string& target_or_name, const std::string& run_dir, bool json);
 

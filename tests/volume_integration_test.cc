@@ -15,6 +15,8 @@
 
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/crypto/sha256.h"
+#include "keywarden/status.h"
+#include "keywarden/volume/volume.h"
 #include "tests/luks_tools.h"
 #include "tests/service_process.h"
 #include "tests/subprocess.h"
@@ -648,6 +650,293 @@ TEST(VolumeTest, KilledServerDuringWritesLeavesACleanFilesystem) {
   env.Umount(again);
   const RunResult fsck = Exec({"e2fsck", "-fn", loop});
   EXPECT_TRUE(fsck.ok()) << fsck;
+}
+
+// State disks (issue 5): the measurement salt kept in the Keywarden token under a MAC keyed
+// from the disk's DEK, through the library API (a node calls it; there is no CLI for it).
+
+SecretBytes SecretOf(const std::string& bytes) {
+  return SecretBytes(std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+}
+
+std::vector<uint8_t> TestSalt(uint8_t seed) {
+  std::vector<uint8_t> salt(volume::kMeasurementSaltSize);
+  for (size_t i = 0; i < salt.size(); ++i) salt[i] = static_cast<uint8_t>(seed + 7 * i);
+  return salt;
+}
+
+// OpensslNodeStateMac computes the documented node_state MAC (docs/formats/volume.md) with the
+// openssl CLI, independently of Keywarden's HKDF and HMAC code. Lower-case hex.
+std::string OpensslNodeStateMac(const TempDir& temp, const std::string& dek,
+                                const std::string& uuid, const std::vector<uint8_t>& salt) {
+  const std::string label = "keywarden-node-state-v1";
+  const RunResult kdf =
+      Exec({"openssl", "kdf", "-keylen", "32", "-kdfopt", "digest:SHA256", "-kdfopt",
+            "hexkey:" + HexOf(dek), "-kdfopt", "info:" + label, "HKDF"});
+  EXPECT_TRUE(kdf.ok()) << kdf;
+  std::string key;
+  for (char c : kdf.stdout_text) {
+    if (std::isxdigit(static_cast<unsigned char>(c))) key.push_back(c);
+  }
+  std::string message = label + '\0' + uuid + '\0';
+  message.append(salt.begin(), salt.end());
+  const fs::path in = temp.WriteFile("mac-input.bin", message);
+  const RunResult mac = Exec({"openssl", "mac", "-digest", "SHA256", "-macopt", "hexkey:" + key,
+                              "-in", in.string(), "HMAC"});
+  EXPECT_TRUE(mac.ok()) << mac;
+  std::string hex;
+  for (char c : mac.stdout_text) {
+    if (std::isxdigit(static_cast<unsigned char>(c))) {
+      hex.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    }
+  }
+  return hex;
+}
+
+// TokenZero returns the Keywarden token as cryptsetup (not Keywarden) reads it from the header.
+nlohmann::json TokenZero(const fs::path& image) {
+  const RunResult dump = Exec({"cryptsetup", "luksDump", "--dump-json-metadata", image.string()});
+  EXPECT_TRUE(dump.ok()) << dump;
+  const auto json = nlohmann::json::parse(dump.stdout_text, nullptr, false);
+  if (json.is_discarded() || !json.contains("tokens") || !json["tokens"].contains("0")) {
+    ADD_FAILURE() << "no token 0: " << dump.stdout_text;
+    return nlohmann::json();
+  }
+  return json["tokens"]["0"];
+}
+
+// FormatStateDisk formats IMAGE through the library with a chosen UUID and a cheap KDF; the DEK
+// comes from the key service. Returns the facts; `fetched` records the key ids asked for.
+absl::StatusOr<volume::HeaderFacts> FormatStateDisk(VolumeEnv& env, const fs::path& image,
+                                                    const std::string& uuid,
+                                                    std::vector<std::string>* fetched = nullptr) {
+  volume::FormatRequest request;
+  request.target = image.string();
+  request.uuid = uuid;
+  request.options.pbkdf = "pbkdf2";
+  request.options.pbkdf_iterations = 1000;
+  return volume::FormatVolume(request, [&](const std::string& id) -> absl::StatusOr<SecretBytes> {
+    if (fetched != nullptr) fetched->push_back(id);
+    return SecretOf(env.Dek(id));
+  });
+}
+
+TEST(VolumeTest, StateDiskFormatsWithAGivenUuid) {
+  REQUIRE_ROOT_AND_FUSE();
+  VolumeEnv env;
+  const fs::path image = env.Image("state.img", 20);
+  const std::string lower = "5d3f0b1a-9c2e-4b7d-8a61-0f2e3d4c5b6a";
+  std::string upper = lower;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  std::vector<std::string> fetched;
+  auto facts = FormatStateDisk(env, image, upper, &fetched);
+  ASSERT_TRUE(facts.ok()) << facts.status();
+  EXPECT_EQ(facts->uuid, lower);
+  EXPECT_EQ(facts->key_id, lower);
+  EXPECT_EQ(fetched, std::vector<std::string>{lower});
+  EXPECT_FALSE(facts->measurement_salt.has_value());
+  const RunResult dump = Exec({"cryptsetup", "luksDump", image.string()});
+  ASSERT_TRUE(dump.ok()) << dump;
+  EXPECT_THAT(dump.stdout_text, HasSubstr("UUID:          \t" + lower));
+  EXPECT_EQ(env.Field(image, "uuid"), lower);
+  EXPECT_EQ(TokenZero(image)["key_id"], lower);
+  // The DEK of that UUID opens keyslot 0 under cryptsetup.
+  const fs::path key = env.temp().WriteFile("dek.bin", env.Dek(lower));
+  const RunResult test_pass =
+      Exec({"cryptsetup", "open", "--test-passphrase", "--key-file", key.string(), image.string()});
+  EXPECT_TRUE(test_pass.ok()) << test_pass;
+
+  // A malformed UUID is refused before the key is fetched or anything is written.
+  const fs::path blank = env.Image("blank.img", 20, RandomText(4096, 3));
+  const std::string blank_hash = FileHash(blank);
+  for (const std::string& bad :
+       std::vector<std::string>{"5d3f0b1a-9c2e-4b7d-8a61-0f2e3d4c5b6", "not-a-uuid",
+                                "5d3f0b1a9c2e4b7d8a610f2e3d4c5b6a", lower + "0", "../" + lower}) {
+    fetched.clear();
+    auto refused = FormatStateDisk(env, blank, bad, &fetched);
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    EXPECT_THAT(StatusMessage(refused.status()), HasSubstr("is not a UUID"));
+    EXPECT_TRUE(fetched.empty()) << bad;
+  }
+  EXPECT_EQ(FileHash(blank), blank_hash);
+}
+
+TEST(VolumeTest, StateDiskSaltRoundTripsAndTheVolumeStillOpens) {
+  REQUIRE_ROOT_AND_FUSE();
+  VolumeEnv env;
+  const fs::path image = env.Image("state.img", 20);
+  const std::string uuid = "0b9e6c1d-2f3a-4e5b-9c7d-8e1f2a3b4c5d";
+  ASSERT_TRUE(FormatStateDisk(env, image, uuid).ok());
+  const std::string dek_bytes = env.Dek(uuid);
+  const SecretBytes dek = SecretOf(dek_bytes);
+
+  auto none = volume::ReadNodeState(image, dek);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  auto checked = volume::CheckVolumeKey(image, dek);
+  ASSERT_TRUE(checked.ok()) << checked.status();
+  EXPECT_EQ(checked->uuid, uuid);
+
+  const std::vector<uint8_t> salt = TestSalt(1);
+  ASSERT_TRUE(volume::WriteNodeState(image, dek, salt).ok());
+  auto read = volume::ReadNodeState(image, dek);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_TRUE(read->has_value());
+  EXPECT_EQ(**read, salt);
+
+  // The token as cryptsetup reads it: the documented members, and the documented MAC.
+  const nlohmann::json token = TokenZero(image);
+  EXPECT_EQ(token["type"], "keywarden");
+  EXPECT_EQ(token["key_id"], uuid);
+  EXPECT_EQ(token["initialized"], true);
+  ASSERT_TRUE(token.contains("node_state")) << token.dump();
+  EXPECT_EQ(token["node_state"].size(), 2u);
+  EXPECT_EQ(token["node_state"]["measurement_salt"], crypto::HexEncode(salt));
+  EXPECT_EQ(token["node_state"]["mac"], OpensslNodeStateMac(env.temp(), dek_bytes, uuid, salt));
+
+  // status shows the salt (text and JSON).
+  EXPECT_EQ(env.Field(image, "measurement-salt"), crypto::HexEncode(salt));
+  const RunResult json = env.Kw({"volume", "status", image.string(), "--json"});
+  const auto parsed = nlohmann::json::parse(json.stdout_text, nullptr, false);
+  ASSERT_FALSE(parsed.is_discarded()) << json;
+  EXPECT_EQ(parsed["header"]["measurement_salt"], crypto::HexEncode(salt));
+
+  // Replacing the salt, and rewriting the initialized flag, keep one consistent token.
+  const std::vector<uint8_t> salt2 = TestSalt(2);
+  ASSERT_TRUE(volume::WriteNodeState(image, dek, salt2).ok());
+  {
+    auto device = volume::LuksDevice::Load(image);
+    ASSERT_TRUE(device.ok()) << device.status();
+    ASSERT_TRUE((*device)->SetInitialized(true).ok());
+  }
+  read = volume::ReadNodeState(image, dek);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_TRUE(read->has_value());
+  EXPECT_EQ(**read, salt2);
+  EXPECT_EQ(TokenZero(image)["node_state"]["measurement_salt"], crypto::HexEncode(salt2));
+
+  // The keyslot is untouched: cryptsetup still accepts the DEK, and the volume opens through
+  // the ordinary open path.
+  const fs::path key = env.temp().WriteFile("dek.bin", dek_bytes);
+  const RunResult test_pass =
+      Exec({"cryptsetup", "open", "--test-passphrase", "--key-file", key.string(), image.string()});
+  EXPECT_TRUE(test_pass.ok()) << test_pass;
+  const fs::path plain = env.Open(image, "state");
+  ASSERT_FALSE(plain.empty());
+  const std::string data = RandomText(10000, 42);
+  WriteAt(plain, 4096, data);
+  ASSERT_TRUE(env.Close("state").ok());
+  const fs::path again = env.Open(image, "state");
+  EXPECT_EQ(ReadAt(again, 4096, data.size()), data);
+  ASSERT_TRUE(env.Close("state").ok());
+  read = volume::ReadNodeState(image, dek);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->value_or(std::vector<uint8_t>()), salt2);
+}
+
+TEST(VolumeTest, StateDiskWrongKeyIsRefusedAndNothingIsWritten) {
+  REQUIRE_ROOT_AND_FUSE();
+  VolumeEnv env;
+  const fs::path image = env.Image("state.img", 20);
+  const std::string uuid = "7a1b2c3d-4e5f-4061-8273-849506172839";
+  ASSERT_TRUE(FormatStateDisk(env, image, uuid).ok());
+  const SecretBytes dek = SecretOf(env.Dek(uuid));
+  ASSERT_TRUE(volume::WriteNodeState(image, dek, TestSalt(1)).ok());
+  const std::string before = FileHash(image);
+
+  // Another volume's DEK from the same cluster, and a DEK of the wrong size.
+  const SecretBytes other = SecretOf(env.Dek("8a1b2c3d-4e5f-4061-8273-849506172839"));
+  absl::Status write = volume::WriteNodeState(image, other, TestSalt(9));
+  EXPECT_EQ(write.code(), absl::StatusCode::kPermissionDenied) << write;
+  EXPECT_THAT(StatusMessage(write), HasSubstr("wrong key"));
+  auto read = volume::ReadNodeState(image, other);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kPermissionDenied) << read.status();
+  auto checked = volume::CheckVolumeKey(image, other);
+  EXPECT_EQ(checked.status().code(), absl::StatusCode::kPermissionDenied) << checked.status();
+  const SecretBytes short_key = SecretOf(env.Dek(uuid).substr(0, 31));
+  write = volume::WriteNodeState(image, short_key, TestSalt(9));
+  EXPECT_EQ(write.code(), absl::StatusCode::kInvalidArgument) << write;
+  // A salt of the wrong size.
+  write = volume::WriteNodeState(image, dek, std::vector<uint8_t>(31, 1));
+  EXPECT_EQ(write.code(), absl::StatusCode::kInvalidArgument) << write;
+  write = volume::WriteNodeState(image, dek, std::vector<uint8_t>(33, 1));
+  EXPECT_EQ(write.code(), absl::StatusCode::kInvalidArgument) << write;
+  EXPECT_EQ(FileHash(image), before) << "a refused call wrote to the header";
+
+  // Not a volume at all, or no file.
+  const fs::path blank = env.Image("blank.img", 20);
+  EXPECT_EQ(volume::WriteNodeState(blank, dek, TestSalt(1)).code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(volume::ReadNodeState(env.temp() / "missing.img", dek).ok());
+}
+
+TEST(VolumeTest, StateDiskTamperedSaltIsDetected) {
+  REQUIRE_ROOT_AND_FUSE();
+  VolumeEnv env;
+  const fs::path image = env.Image("state.img", 20);
+  const std::string uuid = "1c2d3e4f-5a6b-4c7d-8e9f-a0b1c2d3e4f5";
+  ASSERT_TRUE(FormatStateDisk(env, image, uuid).ok());
+  const SecretBytes dek = SecretOf(env.Dek(uuid));
+  const std::vector<uint8_t> salt = TestSalt(1);
+  ASSERT_TRUE(volume::WriteNodeState(image, dek, salt).ok());
+  const nlohmann::json good = TokenZero(image)["node_state"];
+
+  auto expect_tampered = [&](const std::string& what) {
+    auto read = volume::ReadNodeState(image, dek);
+    ASSERT_FALSE(read.ok()) << what << " was accepted";
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss) << what << ": " << read.status();
+    EXPECT_THAT(StatusMessage(read.status()), HasSubstr("tampered with")) << what;
+    // The wrong key is still reported as the wrong key, not as tampering.
+    const SecretBytes other = SecretOf(env.Dek(uuid + "x"));
+    EXPECT_EQ(volume::ReadNodeState(image, other).status().code(),
+              absl::StatusCode::kPermissionDenied)
+        << what;
+  };
+  auto rewrite = [&](const std::function<void(nlohmann::json&)>& edit) {
+    ASSERT_EQ(RewriteLuks2Metadata(image,
+                                   [&](nlohmann::json& j) {
+                                     j["tokens"]["0"]["node_state"] = good;
+                                     edit(j["tokens"]["0"]["node_state"]);
+                                   }),
+              "");
+  };
+
+  // One bit of the salt flipped (still well-formed lower-case hex), as a malicious host would.
+  std::vector<uint8_t> flipped = salt;
+  flipped[17] ^= 0x01;
+  rewrite([&](nlohmann::json& n) { n["measurement_salt"] = crypto::HexEncode(flipped); });
+  expect_tampered("a flipped salt bit");
+  // The MAC flipped instead.
+  std::string mac = good["mac"].get<std::string>();
+  mac[0] = mac[0] == '0' ? '1' : '0';
+  rewrite([&](nlohmann::json& n) { n["mac"] = mac; });
+  expect_tampered("a flipped MAC");
+  // A salt and MAC that verify on another disk (another UUID, another DEK) do not verify here.
+  const fs::path other_image = env.Image("other.img", 20);
+  const std::string other_uuid = "2c2d3e4f-5a6b-4c7d-8e9f-a0b1c2d3e4f5";
+  ASSERT_TRUE(FormatStateDisk(env, other_image, other_uuid).ok());
+  const std::vector<uint8_t> chosen = TestSalt(99);
+  ASSERT_TRUE(volume::WriteNodeState(other_image, SecretOf(env.Dek(other_uuid)), chosen).ok());
+  const nlohmann::json transplanted = TokenZero(other_image)["node_state"];
+  rewrite([&](nlohmann::json& n) { n = transplanted; });
+  expect_tampered("another disk's node_state");
+
+  // A malformed node_state never reaches the MAC: the profile check refuses the header.
+  rewrite([&](nlohmann::json& n) { n["extra"] = "1"; });
+  auto refused = volume::ReadNodeState(image, dek);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(StatusMessage(refused.status()), HasSubstr("node_state has an unexpected field"));
+
+  // Writing the node state again repairs it (the key holder decides the salt).
+  rewrite([](nlohmann::json&) {});
+  auto read = volume::ReadNodeState(image, dek);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->value_or(std::vector<uint8_t>()), salt);
+  rewrite([&](nlohmann::json& n) { n["measurement_salt"] = crypto::HexEncode(flipped); });
+  ASSERT_TRUE(volume::WriteNodeState(image, dek, salt).ok());
+  read = volume::ReadNodeState(image, dek);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->value_or(std::vector<uint8_t>()), salt);
 }
 
 // The LUKS1 peers: qemu-img and nbdkit's luks filter, both ways, with the passphrase

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "keywarden/crypto/encoding.h"
 #include "keywarden/status.h"
 
 namespace keywarden::volume {
@@ -115,11 +116,16 @@ absl::StatusOr<HeaderFacts> CheckLoaded(crypt_device* cd, const std::string& tar
                                  Printable(type, 16));
 }
 
-std::string TokenJson(const std::string& uuid, bool initialized) {
+// TokenJson renders the Keywarden token (docs/formats/volume.md) for a header with `facts`.
+std::string TokenJson(const HeaderFacts& facts) {
   nlohmann::json token = {{"type", std::string(kTokenType)},
                           {"keyslots", {"0"}},
-                          {"key_id", uuid},
-                          {"initialized", initialized}};
+                          {"key_id", facts.uuid},
+                          {"initialized", facts.initialized}};
+  if (facts.measurement_salt) {
+    token["node_state"] = {{"measurement_salt", crypto::HexEncode(*facts.measurement_salt)},
+                           {"mac", crypto::HexEncode(facts.node_state_mac)}};
+  }
   return token.dump();
 }
 
@@ -288,7 +294,10 @@ absl::StatusOr<std::unique_ptr<LuksDevice>> LuksDevice::Format(
                                        pass.size());
   if (rc < 0) return CryptError(rc, "add keyslot 0 to", target);
   if (luks2) {
-    rc = crypt_token_json_set(cd.get(), 0, TokenJson(uuid, initialized).c_str());
+    HeaderFacts token_facts;
+    token_facts.uuid = uuid;
+    token_facts.initialized = initialized;
+    rc = crypt_token_json_set(cd.get(), 0, TokenJson(token_facts).c_str());
     if (rc < 0) return CryptError(rc, "write the Keywarden token to", target);
   }
   // Reload so that the facts come from what is on disk, through the same check as Load.
@@ -319,12 +328,52 @@ absl::StatusOr<SecretBytes> LuksDevice::UnlockVolumeKey(const SecretBytes& passp
   return key;
 }
 
+absl::Status LuksDevice::CheckPassphrase(const SecretBytes& passphrase) {
+  const auto pass = passphrase.Reveal(InsecureSecretAccess::Get());
+  // A null name only verifies the passphrase against keyslot 0: nothing is activated.
+  const int rc = crypt_activate_by_passphrase(
+      cd_, nullptr, 0, reinterpret_cast<const char*>(pass.data()), pass.size(), 0);
+  if (rc == -EPERM) {
+    TakeCryptError();
+    return PermissionDeniedError(
+        "wrong key: the key for {} (DEK \"{}\") does not open keyslot 0: the volume belongs to "
+        "another cluster or was formatted with another key",
+        target_, facts_.key_id);
+  }
+  if (rc < 0) return CryptError(rc, "check the key of", target_);
+  if (rc != 0) return InternalError("libcryptsetup opened keyslot {}, not 0", rc);
+  return absl::OkStatus();
+}
+
 absl::Status LuksDevice::SetInitialized(bool initialized) {
   if (facts_.version != LuksVersion::kLuks2) return absl::OkStatus();
-  const int rc = crypt_token_json_set(cd_, 0, TokenJson(facts_.uuid, initialized).c_str());
+  HeaderFacts updated = facts_;
+  updated.initialized = initialized;
+  const int rc = crypt_token_json_set(cd_, 0, TokenJson(updated).c_str());
   if (rc < 0) return CryptError(rc, "update the Keywarden token of", target_);
+  facts_ = std::move(updated);
   facts_.has_token = true;
-  facts_.initialized = initialized;
+  return absl::OkStatus();
+}
+
+absl::Status LuksDevice::SetNodeState(std::span<const uint8_t> measurement_salt,
+                                      std::span<const uint8_t> mac) {
+  if (facts_.version != LuksVersion::kLuks2) {
+    return FailedPreconditionError("{} is a LUKS1 volume: it has no token to keep node state in",
+                                   target_);
+  }
+  if (measurement_salt.size() != kMeasurementSaltSize || mac.size() != kNodeStateMacSize) {
+    return InvalidArgumentError("node state needs a {}-byte salt and a {}-byte MAC, not {} and {}",
+                                kMeasurementSaltSize, kNodeStateMacSize, measurement_salt.size(),
+                                mac.size());
+  }
+  HeaderFacts updated = facts_;
+  updated.measurement_salt.emplace(measurement_salt.begin(), measurement_salt.end());
+  updated.node_state_mac.assign(mac.begin(), mac.end());
+  const int rc = crypt_token_json_set(cd_, 0, TokenJson(updated).c_str());
+  if (rc < 0) return CryptError(rc, "write the node state to the Keywarden token of", target_);
+  facts_ = std::move(updated);
+  facts_.has_token = true;
   return absl::OkStatus();
 }
 

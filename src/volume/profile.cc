@@ -220,12 +220,46 @@ absl::Status CheckDigest(const Json& digest) {
   return absl::OkStatus();
 }
 
+// LowerHex reads OBJECT.KEY as exactly 2 * `size` lower-case hex digits. One spelling only, so
+// that a header has one canonical token text.
+absl::StatusOr<std::vector<uint8_t>> LowerHex(const Json& object, std::string_view what,
+                                              std::string_view key, size_t size) {
+  ASSIGN_OR_RETURN(std::string text, String(object, what, key));
+  const bool lower_hex = std::all_of(text.begin(), text.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+  });
+  if (text.size() != 2 * size || !lower_hex) {
+    return Refuse("{}.{} is \"{}\", the profile requires {} lower-case hex digits", what, key,
+                  Printable(text, 72), 2 * size);
+  }
+  std::vector<uint8_t> bytes(text.size() / 2);
+  auto nibble = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    bytes[i] = static_cast<uint8_t>(nibble(text[2 * i]) << 4 | nibble(text[2 * i + 1]));
+  }
+  return bytes;
+}
+
+// CheckNodeState checks token 0's optional node_state: {"measurement_salt", "mac"}, both
+// 32 bytes as lower-case hex. The MAC is only parsed here; ReadNodeState verifies it.
+absl::Status CheckNodeState(const Json& node_state, HeaderFacts& facts) {
+  constexpr std::string_view what = "token 0 node_state";
+  RETURN_IF_ERROR(ExpectKeys(node_state, what, {"measurement_salt", "mac"}));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> salt,
+                   LowerHex(node_state, what, "measurement_salt", kMeasurementSaltSize));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> mac, LowerHex(node_state, what, "mac", kNodeStateMacSize));
+  facts.measurement_salt = std::move(salt);
+  facts.node_state_mac = std::move(mac);
+  return absl::OkStatus();
+}
+
 absl::Status CheckTokens(const Json& tokens, HeaderFacts& facts) {
   if (!tokens.is_object()) return Refuse("tokens is not a JSON object");
   if (tokens.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const Json* token, OnlyMemberZero(tokens, "tokens", "tokens"));
   constexpr std::string_view what = "token 0";
-  RETURN_IF_ERROR(ExpectKeys(*token, what, {"type", "keyslots", "key_id", "initialized"}));
+  RETURN_IF_ERROR(
+      ExpectKeys(*token, what, {"type", "keyslots", "key_id", "initialized"}, {"node_state"}));
   ASSIGN_OR_RETURN(std::string type, String(*token, what, "type"));
   if (type != kTokenType) {
     return Refuse("token 0 is of type \"{}\", not Keywarden's \"{}\"", Printable(type, 32),
@@ -238,6 +272,8 @@ absl::Status CheckTokens(const Json& tokens, HeaderFacts& facts) {
                   Printable(key_id, 64), facts.uuid);
   }
   if (!token->at("initialized").is_boolean()) return Refuse("token 0 initialized is not a bool");
+  if (token->contains("node_state"))
+    RETURN_IF_ERROR(CheckNodeState(token->at("node_state"), facts));
   facts.has_token = true;
   facts.key_id = key_id;
   facts.initialized = token->at("initialized").get<bool>();

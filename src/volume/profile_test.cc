@@ -205,6 +205,73 @@ TEST(Luks2Profile, RefusesForeignTokensAndKeyIds) {
   ExpectRefused([](Json& j) { j["tokens"]["0"]["initialized"] = "yes"; }, "not a bool");
 }
 
+constexpr std::string_view kSaltHex =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+constexpr std::string_view kMacHex =
+    "f0e1d2c3b4a5968778695a4b3c2d1e0ff0e1d2c3b4a5968778695a4b3c2d1e0f";
+
+Json NodeState() { return Json{{"measurement_salt", kSaltHex}, {"mac", kMacHex}}; }
+
+TEST(Luks2Profile, AcceptsNodeStateAndReportsItUnverified) {
+  auto plain = Check(Fixture());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->measurement_salt.has_value());
+  EXPECT_TRUE(plain->node_state_mac.empty());
+
+  Json j = Fixture();
+  j["tokens"]["0"]["node_state"] = NodeState();
+  auto facts = Check(j);
+  ASSERT_TRUE(facts.ok()) << facts.status();
+  ASSERT_TRUE(facts->measurement_salt.has_value());
+  ASSERT_EQ(facts->measurement_salt->size(), kMeasurementSaltSize);
+  for (size_t i = 0; i < kMeasurementSaltSize; ++i) EXPECT_EQ((*facts->measurement_salt)[i], i);
+  ASSERT_EQ(facts->node_state_mac.size(), kNodeStateMacSize);
+  EXPECT_EQ(facts->node_state_mac[0], 0xf0);
+  EXPECT_EQ(facts->node_state_mac[31], 0x0f);
+  EXPECT_TRUE(facts->initialized);
+}
+
+TEST(Luks2Profile, RefusesMalformedNodeState) {
+  auto with = [](std::function<void(Json&)> edit) {
+    return [edit](Json& j) {
+      Json node_state = NodeState();
+      edit(node_state);
+      j["tokens"]["0"]["node_state"] = node_state;
+    };
+  };
+  ExpectRefused(with([](Json& n) { n["extra"] = "x"; }),
+                "token 0 node_state has an unexpected field \"extra\"");
+  ExpectRefused(with([](Json& n) { n.erase("mac"); }), "token 0 node_state lacks \"mac\"");
+  ExpectRefused(with([](Json& n) { n.erase("measurement_salt"); }), "lacks \"measurement_salt\"");
+  ExpectRefused(with([](Json& n) { n["measurement_salt"] = std::string(kSaltHex.substr(2)); }),
+                "node_state.measurement_salt is");
+  ExpectRefused(with([](Json& n) { n["measurement_salt"] = std::string(kSaltHex) + "00"; }),
+                "64 lower-case hex digits");
+  ExpectRefused(with([](Json& n) { n["mac"] = std::string(kMacHex.substr(0, 62)); }),
+                "node_state.mac is");
+  ExpectRefused(with([](Json& n) { n["mac"] = ""; }), "node_state.mac is");
+  std::string upper(kMacHex);
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  ExpectRefused(with([&](Json& n) { n["mac"] = upper; }), "64 lower-case hex digits");
+  std::string one_upper(kSaltHex);
+  one_upper[21] = 'A';
+  ExpectRefused(with([&](Json& n) { n["measurement_salt"] = one_upper; }),
+                "node_state.measurement_salt is");
+  std::string not_hex(kSaltHex);
+  not_hex[0] = 'g';
+  ExpectRefused(with([&](Json& n) { n["measurement_salt"] = not_hex; }), "lower-case hex");
+  ExpectRefused(with([](Json& n) { n["measurement_salt"] = 7; }),
+                "node_state.measurement_salt is not a string");
+  ExpectRefused(with([](Json& n) {
+                  n["mac"] = Json::array({1, 2});
+                }),
+                "node_state.mac is not a string");
+  ExpectRefused([](Json& j) { j["tokens"]["0"]["node_state"] = std::string(kSaltHex); },
+                "token 0 node_state is not a JSON object");
+  ExpectRefused([](Json& j) { j["tokens"]["0"]["node_state"] = nullptr; },
+                "token 0 node_state is not a JSON object");
+}
+
 TEST(Luks2Profile, RefusesOtherMetadataSizesAndRequirements) {
   ExpectRefused([](Json& j) { j["config"]["json_size"] = "4096"; }, "json_size=4096");
   ExpectRefused(

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -15,7 +16,10 @@
 #include <thread>
 
 #include "keywarden/crypto/encoding.h"
+#include "keywarden/crypto/hkdf.h"
+#include "keywarden/crypto/hmac.h"
 #include "keywarden/crypto/random.h"
+#include "keywarden/keys/hierarchy.h"
 #include "keywarden/status.h"
 #include "keywarden/volume/data_path.h"
 #include "keywarden/volume/fuse_server.h"
@@ -156,6 +160,43 @@ absl::StatusOr<SecretBytes> FetchDek(const KeyFetcher& fetch, const std::string&
   return dek;
 }
 
+std::span<const uint8_t> Bytes(std::string_view text) {
+  return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
+}
+
+// NodeStateMac computes the node_state MAC of `salt` on the volume `uuid` (volume.h; cited in
+// docs/formats/volume.md).
+// Security: the MAC key is HKDF-derived (RFC 5869) with its own label, so the DEK itself (the
+// keyslot passphrase) never keys anything else; the message binds the label and the volume's
+// UUID, so a node_state copied from another disk does not verify.
+absl::StatusOr<std::array<uint8_t, crypto::kHmacSha256TagSize>> NodeStateMac(
+    const SecretBytes& dek, const std::string& uuid, std::span<const uint8_t> salt) {
+  ASSIGN_OR_RETURN(SecretBytes key,
+                   crypto::HkdfSha256(dek.Reveal(InsecureSecretAccess::Get()), {},
+                                      Bytes(kNodeStateLabel), crypto::kHmacSha256TagSize));
+  ASSIGN_OR_RETURN(std::unique_ptr<crypto::HmacSha256> hmac, crypto::HmacSha256::New(key));
+  std::vector<uint8_t> message;
+  message.reserve(kNodeStateLabel.size() + uuid.size() + salt.size() + 2);
+  message.insert(message.end(), kNodeStateLabel.begin(), kNodeStateLabel.end());
+  message.push_back(0);
+  message.insert(message.end(), uuid.begin(), uuid.end());
+  message.push_back(0);
+  message.insert(message.end(), salt.begin(), salt.end());
+  return hmac->Compute(message);
+}
+
+// LoadWithKey loads and profile-checks TARGET and checks that `dek` opens keyslot 0.
+absl::StatusOr<std::unique_ptr<LuksDevice>> LoadWithKey(const std::string& target,
+                                                        const SecretBytes& dek) {
+  if (dek.size() != kDekSize) {
+    return InvalidArgumentError("the DEK is {} bytes, a volume's DEK is {}", dek.size(), kDekSize);
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<LuksDevice> device, LuksDevice::Load(target));
+  ASSIGN_OR_RETURN(SecretBytes passphrase, Passphrase(device->facts().version, dek));
+  RETURN_IF_ERROR(device->CheckPassphrase(passphrase));
+  return device;
+}
+
 }  // namespace
 
 absl::StatusOr<SecretBytes> Passphrase(LuksVersion version, const SecretBytes& dek) {
@@ -187,6 +228,15 @@ absl::Status ValidateVolumeName(std::string_view name) {
 
 absl::StatusOr<HeaderFacts> FormatVolume(const FormatRequest& request, const KeyFetcher& fetch) {
   const FormatOptions& options = request.options;
+  std::string uuid;
+  if (!request.uuid.empty()) {
+    auto normalized = keys::NormalizeUuid(request.uuid);
+    if (!normalized.ok()) {
+      return InvalidArgumentError("\"{}\" is not a UUID (8-4-4-4-12 hex digits)",
+                                  Printable(request.uuid));
+    }
+    uuid = *std::move(normalized);
+  }
   ASSIGN_OR_RETURN(uint64_t size, TargetSize(request.target));
   (void)size;
   auto existing = LuksDevice::Load(request.target);
@@ -204,7 +254,9 @@ absl::StatusOr<HeaderFacts> FormatVolume(const FormatRequest& request, const Key
         "--integrity needs the kernel's dm-integrity to initialize the volume, and this host "
         "has no device-mapper (/dev/mapper/control); nothing was written");
   }
-  ASSIGN_OR_RETURN(std::string uuid, RandomUuid());
+  if (uuid.empty()) {
+    ASSIGN_OR_RETURN(uuid, RandomUuid());
+  }
   // The key comes first: if the key service cannot give it, nothing has been written.
   ASSIGN_OR_RETURN(SecretBytes dek, FetchDek(fetch, uuid));
   ASSIGN_OR_RETURN(SecretBytes passphrase, Passphrase(options.version, dek));
@@ -225,6 +277,40 @@ absl::StatusOr<HeaderFacts> FormatVolume(const FormatRequest& request, const Key
     RETURN_IF_ERROR(path->WriteZeros(request.progress));
   }
   RETURN_IF_ERROR(device->SetInitialized(true));
+  return device->facts();
+}
+
+absl::Status WriteNodeState(const std::string& target, const SecretBytes& dek,
+                            std::span<const uint8_t> measurement_salt) {
+  if (measurement_salt.size() != kMeasurementSaltSize) {
+    return InvalidArgumentError("the measurement salt is {} bytes, not {}", measurement_salt.size(),
+                                kMeasurementSaltSize);
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<LuksDevice> device, LoadWithKey(target, dek));
+  if (device->facts().version != LuksVersion::kLuks2) {
+    return FailedPreconditionError("{} is a LUKS1 volume: a state disk is LUKS2", target);
+  }
+  ASSIGN_OR_RETURN(auto mac, NodeStateMac(dek, device->facts().uuid, measurement_salt));
+  return device->SetNodeState(measurement_salt, mac);
+}
+
+absl::StatusOr<std::optional<std::vector<uint8_t>>> ReadNodeState(const std::string& target,
+                                                                  const SecretBytes& dek) {
+  ASSIGN_OR_RETURN(std::unique_ptr<LuksDevice> device, LoadWithKey(target, dek));
+  const HeaderFacts& facts = device->facts();
+  if (!facts.measurement_salt) return std::optional<std::vector<uint8_t>>();
+  ASSIGN_OR_RETURN(auto mac, NodeStateMac(dek, facts.uuid, *facts.measurement_salt));
+  if (!crypto::ConstantTimeEquals(mac, facts.node_state_mac)) {
+    return MakeStatus(absl::StatusCode::kDataLoss,
+                      "the measurement salt on the state disk {} has been tampered with: its MAC "
+                      "does not verify under the disk's key",
+                      target);
+  }
+  return std::optional<std::vector<uint8_t>>(*facts.measurement_salt);
+}
+
+absl::StatusOr<HeaderFacts> CheckVolumeKey(const std::string& target, const SecretBytes& dek) {
+  ASSIGN_OR_RETURN(std::unique_ptr<LuksDevice> device, LoadWithKey(target, dek));
   return device->facts();
 }
 

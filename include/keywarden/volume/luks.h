@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -66,8 +67,20 @@ class LuksDevice {
   // PERMISSION_DENIED when the passphrase does not open the keyslot; the header is unchanged.
   absl::StatusOr<SecretBytes> UnlockVolumeKey(const SecretBytes& passphrase);
 
-  // SetInitialized rewrites the Keywarden token's `initialized` flag (LUKS2).
+  // CheckPassphrase runs keyslot 0's KDF on `passphrase` and reports whether it opens the
+  // keyslot, without handing the volume key to Keywarden (libcryptsetup's --test-passphrase).
+  // PERMISSION_DENIED when it does not; the header is unchanged either way.
+  absl::Status CheckPassphrase(const SecretBytes& passphrase);
+
+  // SetInitialized rewrites the Keywarden token's `initialized` flag (LUKS2). The token's
+  // other members (node_state) are kept.
   absl::Status SetInitialized(bool initialized);
+
+  // SetNodeState writes (or replaces) the Keywarden token's node_state: `measurement_salt`
+  // and its `mac` (kMeasurementSaltSize and kNodeStateMacSize bytes), which the caller has
+  // computed (volume.h's WriteNodeState). FAILED_PRECONDITION for LUKS1, which has no tokens.
+  absl::Status SetNodeState(std::span<const uint8_t> measurement_salt,
+                            std::span<const uint8_t> mac);
 
   // ActivateDm maps the volume as /dev/mapper/NAME with dm-crypt (and dm-integrity).
   absl::Status ActivateDm(const std::string& name, const SecretBytes& passphrase);

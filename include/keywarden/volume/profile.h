@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -29,6 +30,10 @@ inline constexpr uint32_t kLuks1SectorSize = 512;
 inline constexpr uint64_t kLuks2DataOffset = 16 * 1024 * 1024;
 inline constexpr uint64_t kLuks2JsonSize = 12288;
 inline constexpr uint64_t kLuks2KeyslotsSize = 16744448;
+// kMeasurementSaltSize is the size of a state disk's measurement salt, and kNodeStateMacSize
+// that of the tag that authenticates it (HMAC-SHA256; docs/formats/volume.md, "node_state").
+inline constexpr size_t kMeasurementSaltSize = 32;
+inline constexpr size_t kNodeStateMacSize = 32;
 
 enum class LuksVersion { kLuks1 = 1, kLuks2 = 2 };
 
@@ -44,6 +49,12 @@ struct HeaderFacts {
   std::string key_id;                    // the DEK id: the token's, or the UUID (LUKS1)
   bool has_token = false;                // a Keywarden token is present (LUKS2)
   bool initialized = true;               // the token's flag (LUKS1: always true)
+  // The token's node_state (a node's state disk): the measurement salt and its MAC, both
+  // kMeasurementSaltSize / kNodeStateMacSize bytes. The MAC is NOT verified by the profile
+  // check (that needs the DEK): use ReadNodeState (volume.h), never this field, to trust the
+  // salt.
+  std::optional<std::vector<uint8_t>> measurement_salt;
+  std::vector<uint8_t> node_state_mac;  // empty when measurement_salt is nullopt
 };
 
 // CheckLuks2Metadata checks LUKS2 JSON metadata (the object libcryptsetup's crypt_dump_json

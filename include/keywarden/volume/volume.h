@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,15 +39,49 @@ absl::Status ValidateVolumeName(std::string_view name);
 
 struct FormatRequest {
   std::string target;
+  // uuid is the volume's UUID: empty for a fresh random one; otherwise 8-4-4-4-12 hex digits
+  // in either case, stored (and used as the DEK id) in lower case.
+  std::string uuid;
   FormatOptions options;
   bool wipe = false;   // write encrypted zeros over the data area (always with integrity)
   bool force = false;  // allow replacing an existing LUKS header
   ProgressFn progress;
 };
 
-// FormatVolume picks a fresh UUID, fetches DEK(uuid), and only then writes a header; a failure
-// before that (key service down, bad target, existing volume without `force`) writes nothing.
+// FormatVolume takes request.uuid (INVALID_ARGUMENT if it is not a UUID) or picks a fresh one,
+// fetches DEK(uuid), and only then writes a header; a failure before that (bad UUID, key
+// service down, bad target, existing volume without `force`) writes nothing.
 absl::StatusOr<HeaderFacts> FormatVolume(const FormatRequest& request, const KeyFetcher& fetch);
+
+// State disks. A node keeps its measurement salt (public, kMeasurementSaltSize bytes) in its
+// state disk's Keywarden token, next to a MAC under a key derived from the disk's DEK
+// (docs/formats/volume.md, "node_state"):
+//   K   = HKDF-SHA256(ikm = DEK, salt = empty, info = "keywarden-node-state-v1", 32)
+//   mac = HMAC-SHA256(K, "keywarden-node-state-v1" || 0x00 || lower-case UUID || 0x00 || salt)
+// so that a host that rewrites the salt (to make the node measure a wrong clusterID into
+// PCR 15) is detected by whoever holds the DEK. `dek` below is the raw 32-byte DEK(uuid), not
+// the keyslot passphrase. Each function loads and profile-checks TARGET first
+// (FAILED_PRECONDITION / NOT_FOUND as LuksDevice::Load) and then checks that `dek` opens
+// keyslot 0 (PERMISSION_DENIED "wrong key" otherwise) before it reads or writes node_state;
+// that check runs the keyslot KDF once. Not safe against concurrent writers of the same header
+// (libcryptsetup refuses a write whose header changed underneath it).
+inline constexpr std::string_view kNodeStateLabel = "keywarden-node-state-v1";
+
+// WriteNodeState writes (or replaces) the measurement salt and its MAC into TARGET's Keywarden
+// token. INVALID_ARGUMENT for a salt that is not kMeasurementSaltSize bytes or a DEK that is
+// not kDekSize; FAILED_PRECONDITION for a LUKS1 volume. Nothing is written on any error.
+absl::Status WriteNodeState(const std::string& target, const SecretBytes& dek,
+                            std::span<const uint8_t> measurement_salt);
+
+// ReadNodeState returns the measurement salt kept on TARGET, or nullopt when its token has no
+// node_state. DATA_LOSS when the MAC does not verify (the salt was tampered with; compared in
+// constant time). Writes nothing.
+absl::StatusOr<std::optional<std::vector<uint8_t>>> ReadNodeState(const std::string& target,
+                                                                  const SecretBytes& dek);
+
+// CheckVolumeKey profile-checks TARGET and checks that `dek` (the raw DEK) opens keyslot 0;
+// returns the header's facts. PERMISSION_DENIED "wrong key" otherwise. Writes nothing.
+absl::StatusOr<HeaderFacts> CheckVolumeKey(const std::string& target, const SecretBytes& dek);
 
 // OpenedVolume describes an open volume; it is also what the run directory records.
 struct OpenedVolume {
