@@ -8,6 +8,7 @@
 
 #include "cli/attest_commands.h"
 #include "cli/commands.h"
+#include "cli/node_commands.h"
 #include "cli/volume_commands.h"
 #include "keywarden/keys/hierarchy.h"
 
@@ -144,6 +145,20 @@ int main(int argc, char** argv) {
   serve->add_option("--tls-key", serve_options.tls_key, "PEM server private key");
   serve->add_option("--tls-client-ca", serve_options.tls_client_ca,
                     "PEM CA bundle: require and verify client certificates (mutual TLS)");
+  serve
+      ->add_option("--join-listen", serve_options.join_listen,
+                   "join service address HOST:PORT (aTLS, issue 5); runs only with "
+                   "--measurements and --ek-ca; \"\" turns it off")
+      ->capture_default_str();
+  serve->add_option("--measurements", serve_options.join_measurements,
+                    "base measurements the join service requires of joining nodes (JSON or "
+                    "YAML, as `keywarden measurements read` prints; PCRs 0-14 are used, PCR 15 "
+                    "must be 0); without it the join service is off");
+  serve->add_option("--ek-ca", serve_options.join_ek_ca,
+                    "PEM bundle of the TPM manufacturer CAs that EK certificates must chain to "
+                    "(with --measurements)");
+  serve->add_option("--audit-log", serve_options.audit_log,
+                    "the join service's hash-chained audit log (default DIR/audit.log)");
   serve->add_option("--log-format", log_format, "text or json")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
@@ -288,6 +303,8 @@ int main(int argc, char** argv) {
     cmd->add_option("--run-dir", run_dir, "where open volumes are recorded")->capture_default_str();
   }
 
+  cli::NodeCommands node_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -331,12 +348,14 @@ int main(int argc, char** argv) {
   if (vclose->parsed()) return cli::RunVolumeClose(close_name, run_dir);
   if (vstatus->parsed()) return cli::RunVolumeStatus(status_what, run_dir, status_json);
   if (mread->parsed()) return cli::RunMeasurementsRead(measure_tpm, measure_format);
+  if (std::optional<int> code = node_commands.Run()) return *code;
   // No command (or `derive` without one): show what there is.
-  const CLI::App& shown = derive->parsed()             ? *derive
-                          : dek_cmd->parsed()          ? *dek_cmd
-                          : volume_cmd->parsed()       ? *volume_cmd
-                          : measurements_cmd->parsed() ? *measurements_cmd
-                                                       : app;
+  const CLI::App& shown = derive->parsed()               ? *derive
+                          : dek_cmd->parsed()            ? *dek_cmd
+                          : volume_cmd->parsed()         ? *volume_cmd
+                          : measurements_cmd->parsed()   ? *measurements_cmd
+                          : node_commands.parsed_group() ? *node_commands.parsed_group()
+                                                         : app;
   fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;
 }

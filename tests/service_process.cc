@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
@@ -66,8 +67,22 @@ bool ServiceProcess::Spawn() {
 
 bool ServiceProcess::WaitListening(std::chrono::milliseconds timeout) {
   if (pid_ <= 0 || stdout_fd_ < 0) return false;
+  // With --measurements the join service runs too: wait for its line as well.
+  const bool want_join = std::find(args_.begin(), args_.end(), "--measurements") != args_.end();
   std::string buffer;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  // Value after `prefix` on a line that starts with it, or "".
+  auto line_value = [&buffer](std::string_view prefix) -> std::string {
+    size_t start = 0;
+    while (start < buffer.size()) {
+      const size_t eol = buffer.find('\n', start);
+      if (eol == std::string::npos) break;
+      const std::string_view line(buffer.data() + start, eol - start);
+      if (line.substr(0, prefix.size()) == prefix) return std::string(line.substr(prefix.size()));
+      start = eol + 1;
+    }
+    return "";
+  };
   while (std::chrono::steady_clock::now() < deadline) {
     pollfd p{stdout_fd_, POLLIN, 0};
     if (poll(&p, 1, 100) > 0) {
@@ -75,12 +90,9 @@ bool ServiceProcess::WaitListening(std::chrono::milliseconds timeout) {
       const ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
       if (n <= 0) break;  // stdout closed: the process ended
       buffer.append(chunk, static_cast<size_t>(n));
-      const size_t at = buffer.find("listening on ");
-      const size_t eol = buffer.find('\n', at);
-      if (at != std::string::npos && eol != std::string::npos) {
-        endpoint_ = buffer.substr(at + 13, eol - at - 13);
-        return true;
-      }
+      endpoint_ = line_value("listening on ");
+      join_endpoint_ = line_value("join service listening on ");
+      if (!endpoint_.empty() && (!want_join || !join_endpoint_.empty())) return true;
     }
   }
   WaitExit(std::chrono::milliseconds(2000));

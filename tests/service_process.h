@@ -45,6 +45,9 @@ class ServiceProcess {
   void Kill();
 
   const std::string& endpoint() const { return endpoint_; }
+  // join_endpoint is the join service's HOST:PORT (from its "join service listening on" line)
+  // when the process was started with --measurements.
+  const std::string& join_endpoint() const { return join_endpoint_; }
   pid_t pid() const { return pid_; }
   bool running() const { return pid_ > 0; }
   int exit_code() const { return exit_code_; }
@@ -57,6 +60,7 @@ class ServiceProcess {
   int stdout_fd_ = -1;
   int exit_code_ = -1;
   std::string endpoint_;
+  std::string join_endpoint_;
 };
 
 // CallResult is one GetDataKey call's outcome.

@@ -105,8 +105,10 @@ absl::StatusOr<std::unique_ptr<AuditLog>> AuditLog::Open(const std::filesystem::
 AuditLog::~AuditLog() { close(fd_); }
 
 absl::Status AuditLog::Append(const AuditRecord& record) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const Json j = {{"seq", seq_},
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!sticky_error_.ok()) return sticky_error_;
+  const uint64_t my_seq = seq_;
+  const Json j = {{"seq", my_seq},
                   {"time", Now()},
                   {"event", Cut(record.event)},
                   {"node", Cut(record.node)},
@@ -117,18 +119,43 @@ absl::Status AuditLog::Append(const AuditRecord& record) {
                   {"prev", prev_}};
   const std::string line = j.dump(-1, ' ', true, Json::error_handler_t::replace);
   const std::string with_newline = line + "\n";
+  // The write stays under the lock: lines reach the file in chain order.
   size_t done = 0;
   while (done < with_newline.size()) {
     const ssize_t n = write(fd_, with_newline.data() + done, with_newline.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return UnavailableError("cannot write the audit log: {}", std::strerror(errno));
+    if (n < 0) {
+      // A partial line breaks the chain for every later record: refuse all further appends.
+      sticky_error_ = UnavailableError("cannot write the audit log: {}", std::strerror(errno));
+      return sticky_error_;
+    }
     done += static_cast<size_t>(n);
-  }
-  if (fdatasync(fd_) != 0) {
-    return UnavailableError("cannot flush the audit log: {}", std::strerror(errno));
   }
   prev_ = LineHash(line);
   ++seq_;
+  // Group commit: one fdatasync makes every line written before it durable. Whoever finds no
+  // sync running syncs everything written so far; the others wait for a sync that covers their
+  // line. Append returns only once its own line is durable.
+  while (synced_ <= my_seq) {
+    if (!sticky_error_.ok()) return sticky_error_;
+    if (syncing_) {
+      synced_cv_.wait(lock);
+      continue;
+    }
+    syncing_ = true;
+    const uint64_t target = seq_;
+    lock.unlock();
+    const int rc = fdatasync(fd_);
+    const int error = errno;
+    lock.lock();
+    syncing_ = false;
+    if (rc != 0) {
+      sticky_error_ = UnavailableError("cannot flush the audit log: {}", std::strerror(error));
+    } else {
+      synced_ = target;
+    }
+    synced_cv_.notify_all();
+  }
   return absl::OkStatus();
 }
 

@@ -16,9 +16,12 @@
 #include <sstream>
 #include <thread>
 
+#include "keywarden/attest/measurements.h"
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/keys/cluster.h"
 #include "keywarden/keys/master_secret.h"
+#include "keywarden/service/audit.h"
+#include "keywarden/service/join.h"
 #include "keywarden/service/key_service.h"
 #include "keywarden/service/metrics.h"
 #include "keywarden/status.h"
@@ -216,6 +219,50 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
   return credentials;
 }
 
+// JoinSetup is what the join service needs from ServeOptions, read before serving.
+struct JoinSetup {
+  std::string host;
+  uint16_t port = 0;
+  std::string ek_ca_pem;
+  attest::Measurements measurements;
+  fs::path audit_path;
+};
+
+// ReadJoinSetup returns nothing when the join service is off (no --join-listen, or neither
+// --measurements nor --ek-ca), and an error for half a configuration or unreadable files.
+absl::StatusOr<std::optional<JoinSetup>> ReadJoinSetup(const ServeOptions& options) {
+  const bool has_measurements = !options.join_measurements.empty();
+  const bool has_ca = !options.join_ek_ca.empty();
+  if (options.join_listen.empty() || (!has_measurements && !has_ca)) {
+    return std::optional<JoinSetup>();
+  }
+  if (!has_measurements || !has_ca) {
+    return InvalidArgumentError(
+        "the join service needs both --measurements and --ek-ca (or --join-listen \"\" to turn "
+        "it off)");
+  }
+  JoinSetup setup;
+  ASSIGN_OR_RETURN(auto address, SplitHostPort(options.join_listen));
+  setup.host = address.first;
+  setup.port = static_cast<uint16_t>(address.second);
+  ASSIGN_OR_RETURN(setup.ek_ca_pem, ReadPem(options.join_ek_ca.string(), "EK CA bundle"));
+  ASSIGN_OR_RETURN(std::string text,
+                   ReadPem(options.join_measurements.string(), "measurements file"));
+  absl::StatusOr<attest::Measurements> measurements = attest::ParseMeasurements(text);
+  if (!measurements.ok()) {
+    return InvalidArgumentError("{}: {}", options.join_measurements.string(),
+                                StatusMessage(measurements.status()));
+  }
+  setup.measurements = *std::move(measurements);
+  if (PrepareJoinMeasurements(setup.measurements).empty()) {
+    return InvalidArgumentError(
+        "{} measures none of PCRs 0-14; the join service would accept any node",
+        options.join_measurements.string());
+  }
+  setup.audit_path = options.audit_log.empty() ? options.dir / "audit.log" : options.audit_log;
+  return std::optional<JoinSetup>(std::move(setup));
+}
+
 void HardenProcess() {
   // Security: no core dumps, no ptrace attach by other processes of the same user.
   (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -240,6 +287,8 @@ absl::Status RunKeyService(const ServeOptions& options) {
   if (!options.metrics_listen.empty()) {
     ASSIGN_OR_RETURN(metrics_address, SplitHostPort(options.metrics_listen));
   }
+
+  ASSIGN_OR_RETURN(std::optional<JoinSetup> join_setup, ReadJoinSetup(options));
 
   const std::string store_uri = options.store_uri.empty()
                                     ? "sqlite://" + (options.dir / "keywarden.db").string()
@@ -333,10 +382,45 @@ absl::Status RunKeyService(const ServeOptions& options) {
   fmt::print("listening on {}\n", bound);
   std::fflush(stdout);
 
+  // The join service, after kms.API: test harnesses take the first "listening on" line.
+  std::unique_ptr<AuditLog> audit;
+  std::unique_ptr<JoinService> join;
+  if (join_setup) {
+    absl::Status started = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(audit, AuditLog::Open(join_setup->audit_path));
+      JoinServiceOptions join_options;
+      join_options.host = join_setup->host;
+      join_options.port = join_setup->port;
+      join_options.ek_ca_bundle_pem = std::move(join_setup->ek_ca_pem);
+      join_options.measurements = std::move(join_setup->measurements);
+      ASSIGN_OR_RETURN(join, JoinService::Start(std::move(join_options), keys.get(), audit.get()));
+      return absl::OkStatus();
+    }();
+    if (!started.ok()) {
+      server->Shutdown();
+      server->Wait();
+      if (metrics_address) {
+        metrics_server.stop();
+        metrics_thread.join();
+      }
+      return absl::Status(started.code(), internal::ToAbsl(fmt::format(
+                                              "cannot start the join service on {}: {}",
+                                              options.join_listen, StatusMessage(started))));
+    }
+    const std::string join_bound = fmt::format("{}:{}", join_setup->host, join->port());
+    log.Info("serving the join service", {{"listen", join_bound},
+                                          {"audit_log", join_setup->audit_path.string()},
+                                          {"measurements", options.join_measurements.string()},
+                                          {"ek_ca", options.join_ek_ca.string()}});
+    fmt::print("join service listening on {}\n", join_bound);
+    std::fflush(stdout);
+  }
+
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   log.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   health.Set(false);
+  if (join) join->Shutdown();  // cuts aTLS connections, waits for running ticket calls
   server->Shutdown(std::chrono::system_clock::now() + options.drain_timeout);
   server->Wait();
   health.Shutdown();
@@ -344,6 +428,8 @@ absl::Status RunKeyService(const ServeOptions& options) {
     metrics_server.stop();
     metrics_thread.join();
   }
+  join.reset();
+  audit.reset();
   keys.reset();
   log.Info("stopped");
   return absl::OkStatus();

@@ -6,6 +6,7 @@
 // editing lines is detectable with VerifyAuditLog (docs/formats/audit-log.md).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
@@ -26,7 +27,8 @@ struct AuditRecord {
 };
 
 // AuditLog appends records to a file opened with O_APPEND (mode 0600), one JSON object per
-// line, each followed by fdatasync. Thread-safe.
+// line, durable (fdatasync) before Append returns. Concurrent appends share fdatasync calls
+// (group commit): a sync covers every line written before it. Thread-safe.
 class AuditLog {
  public:
   // Open opens (creating if needed) `path`, reads its last line to continue the hash chain,
@@ -38,14 +40,21 @@ class AuditLog {
 
   // Append writes one record with the current UTC time (RFC 3339, milliseconds) and makes it
   // durable before returning. Free text is escaped by the JSON writer and cut to 512 bytes.
+  // After a failed write or sync every later Append fails with the same UNAVAILABLE status (a
+  // torn line or an unsynced record must not be followed by records that claim to chain).
   absl::Status Append(const AuditRecord& record);
 
  private:
-  AuditLog(int fd, std::string prev, uint64_t seq) : fd_(fd), prev_(std::move(prev)), seq_(seq) {}
+  AuditLog(int fd, std::string prev, uint64_t seq)
+      : fd_(fd), prev_(std::move(prev)), seq_(seq), synced_(seq) {}
   std::mutex mu_;
+  std::condition_variable synced_cv_;
   int fd_;
-  std::string prev_;  // hex SHA-256 of the last line written (without its newline)
-  uint64_t seq_;      // number of the next record
+  std::string prev_;      // hex SHA-256 of the last line written (without its newline)
+  uint64_t seq_;          // number of the next record
+  uint64_t synced_;       // records [0, synced_) are durable
+  bool syncing_ = false;  // a thread is in fdatasync
+  absl::Status sticky_error_;
 };
 
 // VerifyAuditLog checks the whole chain: sequence numbers 0, 1, 2, ... and each "prev" equal to

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "keywarden/keys/hierarchy.h"
@@ -66,6 +67,8 @@ class KeyService {
   StoreHealth health() const { return health_.load(std::memory_order_acquire); }
   // cluster_id is the clusterID derived from the KEK and the record's measurement salt.
   const keys::ClusterId& cluster_id() const { return cluster_id_; }
+  // measurement_salt is the record's public measurement salt (32 bytes).
+  const std::vector<uint8_t>& measurement_salt() const { return record_.measurement_salt; }
   // kek_fingerprint identifies the KEK in logs (store::KekFingerprint).
   const std::string& kek_fingerprint() const { return fingerprint_; }
   std::string store_description() const { return store_->Describe(); }

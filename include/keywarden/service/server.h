@@ -31,6 +31,14 @@ struct ServeOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // The join service (issue 5, keywarden/service/join.h) on join_listen, over aTLS. It runs only
+  // when join_listen is not empty and both join_measurements (base measurements, JSON or YAML)
+  // and join_ek_ca (PEM bundle of the EK CAs) are given; giving only one of the two is an error.
+  std::string join_listen = "0.0.0.0:9090";
+  std::filesystem::path join_measurements;
+  std::filesystem::path join_ek_ca;
+  // audit_log: the join service's audit log; empty means DIR/audit.log.
+  std::filesystem::path audit_log;
   LogFormat log_format = LogFormat::kText;
   std::chrono::milliseconds store_timeout{2000};
   std::chrono::milliseconds store_check_interval{1000};
@@ -41,8 +49,10 @@ struct ServeOptions {
 // RunKeyService serves kms.API/GetDataKey and grpc.health.v1 until SIGTERM or SIGINT, then
 // stops accepting calls, lets in-flight calls finish and waits for clients to close their
 // connections (gRPC sends them GOAWAY), at most drain_timeout, and returns OK. Once listening it
-// prints "listening on HOST:PORT" on stdout. Errors before serving (store unreachable, no KEK and
-// no master secret, a master secret of another cluster, a port in use, unreadable TLS files) are
+// prints "listening on HOST:PORT" on stdout, and then, when the join service runs, "join service
+// listening on HOST:PORT"; the join service stops with the gRPC server. Errors before serving
+// (store unreachable, no KEK and no master secret, a master secret of another cluster, a port in
+// use, unreadable TLS, measurements or CA files, an audit log whose chain is broken) are
 // returned with a message that says what to do.
 absl::Status RunKeyService(const ServeOptions& options);
 
