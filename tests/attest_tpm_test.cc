@@ -17,10 +17,12 @@
 
 #include "keywarden/attest/measurements.h"
 #include "keywarden/attest/tpm.h"
+#include "keywarden/attest/tpm_attestation.h"
 #include "keywarden/attest/verify.h"
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/crypto/random.h"
 #include "keywarden/crypto/sha256.h"
+#include "keywarden/crypto/x509.h"
 #include "keywarden/keys/hierarchy.h"
 #include "tests/swtpm.h"
 
@@ -316,6 +318,54 @@ TEST(TpmEk, CertificateChainsToItsOwnCaOnly) {
   EXPECT_EQ(tpm->ReadNvCertificate(kEccEkCertificateNvIndex).status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ(tpm->ReadNvCertificate(0x81000000).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The parsed-once CA store gives exactly the answers of the per-call PEM form, every time:
+// nothing it keeps turns a refusal into an acceptance (or back).
+TEST(TpmEk, CaStoreAgreesWithThePemFormOnEveryCall) {
+  auto ca = std::make_shared<SwtpmCa>();
+  SwtpmInstance node(ca);
+  SwtpmInstance foreign;  // its own CA
+  ASSERT_TRUE(node.Start());
+  ASSERT_TRUE(foreign.Start());
+  auto tpm = OpenTpm(node);
+  auto foreign_tpm = OpenTpm(foreign);
+  ASSERT_NE(tpm, nullptr);
+  ASSERT_NE(foreign_tpm, nullptr);
+  auto cert = tpm->ReadEkCertificate();
+  auto foreign_cert = foreign_tpm->ReadEkCertificate();
+  ASSERT_TRUE(cert.ok() && foreign_cert.ok());
+  auto store = crypto::CaStore::FromPem(Bundle(node));
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->anchor_count(), 2u);
+  for (int round = 0; round < 3; ++round) {  // later rounds reuse the parsed leaves
+    auto key = VerifyEkCertificate(*cert, **store);
+    ASSERT_TRUE(key.ok()) << key.status();
+    EXPECT_EQ(*key, *VerifyEkCertificate(*cert, Bundle(node)));
+    EXPECT_EQ(VerifyEkCertificate(*foreign_cert, **store).status().code(),
+              absl::StatusCode::kPermissionDenied);
+    std::vector<uint8_t> tampered = *cert;
+    tampered[tampered.size() - 10] ^= 1;  // inside the signature
+    EXPECT_FALSE(VerifyEkCertificate(tampered, **store).ok());
+  }
+  // A store of the root alone refuses (swtpm signs with the intermediate), as the PEM form does.
+  auto root_only =
+      crypto::CaStore::FromPem(keywarden::testing::ReadFile(ca->root_cert()).value_or(""));
+  ASSERT_TRUE(root_only.ok());
+  EXPECT_EQ(VerifyEkCertificate(*cert, **root_only).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Bundles that are not PEM certificates are refused when parsed.
+  EXPECT_EQ(crypto::CaStore::FromPem("").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      crypto::CaStore::FromPem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  // A validator given a damaged bundle refuses every document.
+  TpmValidator broken("not a bundle", Measurements{}, Pcr15Rule{});
+  std::array<uint8_t, 32> zeros{};
+  EXPECT_EQ(broken.Validate("x", zeros, zeros).status().code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 TEST(TpmEk, TemplateEkEqualsThePersistentEk) {

@@ -76,6 +76,17 @@ absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
                                                 std::string_view ca_bundle_pem,
                                                 const Measurements& measurements,
                                                 const Pcr15Rule& pcr15) {
+  auto store = crypto::CaStore::FromPem(ca_bundle_pem);
+  if (!store.ok()) return Deny("EK certificate: {}", StatusMessage(store.status()));
+  return CheckDocument(document, nonce, tls_key_hash, **store, measurements, pcr15);
+}
+
+absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
+                                                std::span<const uint8_t> nonce,
+                                                std::span<const uint8_t> tls_key_hash,
+                                                const crypto::CaStore& ca_store,
+                                                const Measurements& measurements,
+                                                const Pcr15Rule& pcr15) {
   AttestationDocument doc;
   if (!doc.ParseFromArray(document.data(), static_cast<int>(document.size()))) {
     return Deny("the document is not a valid AttestationDocument");
@@ -91,7 +102,7 @@ absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
     if (doc.pcrs(i).size() != kPcrSize) return Deny("PCR {} is not {} bytes", i, kPcrSize);
     std::copy(doc.pcrs(i).begin(), doc.pcrs(i).end(), out.pcrs[i].begin());
   }
-  auto ek = VerifyEkCertificate(Span(doc.ek_certificate()), ca_bundle_pem);
+  auto ek = VerifyEkCertificate(Span(doc.ek_certificate()), ca_store);
   if (!ek.ok()) return Deny("EK certificate: {}", StatusMessage(ek.status()));
   auto ek_public = ParseEkPublic(Span(doc.ek_public()));
   if (!ek_public.ok()) return Deny("EK public: {}", StatusMessage(ek_public.status()));
@@ -121,11 +132,18 @@ absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
   return out;
 }
 
+TpmValidator::TpmValidator(std::string ca_bundle_pem, Measurements measurements, Pcr15Rule pcr15)
+    : ca_store_(crypto::CaStore::FromPem(ca_bundle_pem)),
+      measurements_(std::move(measurements)),
+      pcr15_(std::move(pcr15)) {}
+
 absl::StatusOr<crypto::AttestationResult> TpmValidator::Validate(
     std::string_view document, std::span<const uint8_t> nonce,
     std::span<const uint8_t> tls_key_hash) {
+  // A bundle that did not parse refuses every document, with the reason CheckDocument would give.
+  if (!ca_store_.ok()) return Deny("EK certificate: {}", StatusMessage(ca_store_.status()));
   ASSIGN_OR_RETURN(ValidatedDocument checked, CheckDocument(document, nonce, tls_key_hash,
-                                                            ca_bundle_pem_, measurements_, pcr15_));
+                                                            **ca_store_, measurements_, pcr15_));
   crypto::AttestationResult result;
   result.peer_identity = "ek-sha256:" + checked.ek_fingerprint;
   return result;

@@ -286,11 +286,10 @@ absl::StatusOr<crypto::RsaPublicKey> ParseEkPublic(std::span<const uint8_t> tpm2
   return key;
 }
 
-absl::StatusOr<crypto::RsaPublicKey> VerifyEkCertificate(
-    std::span<const uint8_t> ek_cert_der, std::string_view ca_bundle_pem,
-    std::span<const std::vector<uint8_t>> intermediates_der) {
-  ASSIGN_OR_RETURN(crypto::VerifiedCertificate cert,
-                   crypto::VerifyCertificateChain(ek_cert_der, ca_bundle_pem, intermediates_der));
+namespace {
+
+// EkKeyOf accepts a verified EK certificate only with an RSA-2048 key.
+absl::StatusOr<crypto::RsaPublicKey> EkKeyOf(const crypto::VerifiedCertificate& cert) {
   if (!cert.rsa_public_key.has_value()) {
     return FailedPreconditionError("EK certificate of '{}' does not hold an RSA key",
                                    Printable(cert.subject));
@@ -301,6 +300,24 @@ absl::StatusOr<crypto::RsaPublicKey> VerifyEkCertificate(
                                    key.modulus.size());
   }
   return key;
+}
+
+}  // namespace
+
+absl::StatusOr<crypto::RsaPublicKey> VerifyEkCertificate(
+    std::span<const uint8_t> ek_cert_der, std::string_view ca_bundle_pem,
+    std::span<const std::vector<uint8_t>> intermediates_der) {
+  ASSIGN_OR_RETURN(crypto::VerifiedCertificate cert,
+                   crypto::VerifyCertificateChain(ek_cert_der, ca_bundle_pem, intermediates_der));
+  return EkKeyOf(cert);
+}
+
+absl::StatusOr<crypto::RsaPublicKey> VerifyEkCertificate(
+    std::span<const uint8_t> ek_cert_der, const crypto::CaStore& ca_store,
+    std::span<const std::vector<uint8_t>> intermediates_der) {
+  ASSIGN_OR_RETURN(crypto::VerifiedCertificate cert,
+                   ca_store.Verify(ek_cert_der, intermediates_der));
+  return EkKeyOf(cert);
 }
 
 namespace internal {

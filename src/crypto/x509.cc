@@ -4,9 +4,14 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 #include <climits>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
 
 #include "src/crypto/asymmetric_util.h"
 #include "src/crypto/openssl_util.h"
@@ -54,17 +59,12 @@ std::string NameText(const X509_NAME* name) {
   return size > 0 ? std::string(data, static_cast<size_t>(size)) : std::string();
 }
 
-}  // namespace
-
-absl::StatusOr<VerifiedCertificate> VerifyCertificateChain(
-    std::span<const uint8_t> leaf_der, std::string_view trusted_pem,
-    std::span<const std::vector<uint8_t>> untrusted_intermediates_der) {
-  ASSIGN_OR_RETURN(X509Ptr leaf, ParseDer(leaf_der, "leaf certificate"));
+// ParseBundle reads every PEM certificate of `trusted_pem` into a new store.
+absl::StatusOr<std::pair<StorePtr, size_t>> ParseBundle(std::string_view trusted_pem) {
   if (trusted_pem.empty() || trusted_pem.size() > kMaxTrustBundleSize) {
     return InvalidArgumentError("trust bundle of {} bytes (want 1 to {})", trusted_pem.size(),
                                 kMaxTrustBundleSize);
   }
-
   StorePtr store(X509_STORE_new());
   if (!store) return internal::OpenSslError("X509_STORE_new");
   BioPtr bio(BIO_new_mem_buf(trusted_pem.data(), static_cast<int>(trusted_pem.size())));
@@ -86,7 +86,14 @@ absl::StatusOr<VerifiedCertificate> VerifyCertificateChain(
     return InvalidArgumentError("trust bundle is not a sequence of PEM certificates");
   }
   if (anchors == 0) return InvalidArgumentError("trust bundle holds no PEM certificate");
+  return std::make_pair(std::move(store), anchors);
+}
 
+// VerifyAgainst validates `leaf_der` against `store` (read-only here: X509_STORE_CTX_init takes
+// its own reference, and OpenSSL locks the store's lookups, so concurrent calls are safe).
+absl::StatusOr<VerifiedCertificate> VerifyAgainst(
+    X509_STORE* store, X509Ptr leaf,
+    std::span<const std::vector<uint8_t>> untrusted_intermediates_der) {
   X509StackPtr untrusted(sk_X509_new_null());
   if (!untrusted) return internal::OpenSslError("sk_X509_new_null");
   for (const std::vector<uint8_t>& der : untrusted_intermediates_der) {
@@ -96,7 +103,7 @@ absl::StatusOr<VerifiedCertificate> VerifyCertificateChain(
   }
 
   StoreCtxPtr ctx(X509_STORE_CTX_new());
-  if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), leaf.get(), untrusted.get()) != 1) {
+  if (!ctx || X509_STORE_CTX_init(ctx.get(), store, leaf.get(), untrusted.get()) != 1) {
     return internal::OpenSslError("X509_STORE_CTX_init");
   }
   const int verified = X509_verify_cert(ctx.get());
@@ -126,6 +133,76 @@ absl::StatusOr<VerifiedCertificate> VerifyCertificateChain(
     out.ec_p256_public_key = *ec;
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<VerifiedCertificate> VerifyCertificateChain(
+    std::span<const uint8_t> leaf_der, std::string_view trusted_pem,
+    std::span<const std::vector<uint8_t>> untrusted_intermediates_der) {
+  // The leaf is checked first, as before CaStore existed, so that a malformed leaf is reported
+  // as such whatever the bundle.
+  ASSIGN_OR_RETURN(X509Ptr leaf, ParseDer(leaf_der, "leaf certificate"));
+  ASSIGN_OR_RETURN(auto parsed, ParseBundle(trusted_pem));
+  return VerifyAgainst(parsed.first.get(), std::move(leaf), untrusted_intermediates_der);
+}
+
+// CaStore::State: the store, and the decoded form of leaf certificates seen recently.
+//
+// Decoding is not verifying: `parsed` maps a certificate's exact DER bytes to the X509 that
+// d2i_X509 made of them, so that a node that joins again does not pay for OpenSSL 3.0's
+// public-key decoding (OSSL_DECODER, ~0.1 ms per certificate) each time. Every Verify still runs
+// the whole path validation on it (signatures, validity at the current time, extensions). An
+// X509 is shared read-only between threads here, as OpenSSL shares its trust anchors; its
+// extension cache is filled before it is shared. Bounded: when kMaxParsed entries are held
+// (a few MiB), the map is emptied.
+struct CaStore::State {
+  static constexpr size_t kMaxParsed = 1024;
+
+  StorePtr store;
+  std::mutex mu;
+  std::unordered_map<std::string, X509Ptr> parsed;  // guarded by mu
+
+  absl::StatusOr<X509Ptr> Leaf(std::span<const uint8_t> der) {
+    std::string key(der.begin(), der.end());
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = parsed.find(key);
+      if (it != parsed.end() && X509_up_ref(it->second.get()) == 1) {
+        return X509Ptr(it->second.get());
+      }
+    }
+    ASSIGN_OR_RETURN(X509Ptr leaf, ParseDer(der, "leaf certificate"));
+    // Fill the certificate's extension cache while this thread alone holds it; shared
+    // verifications then only read it. (The result is not used: Verify checks everything.)
+    (void)X509_check_purpose(leaf.get(), -1, 0);
+    ERR_clear_error();
+    if (X509_up_ref(leaf.get()) != 1) return leaf;
+    X509Ptr cached(leaf.get());
+    std::lock_guard<std::mutex> lock(mu);
+    if (parsed.size() >= kMaxParsed) parsed.clear();
+    parsed.emplace(std::move(key), std::move(cached));
+    return leaf;
+  }
+};
+
+CaStore::CaStore(std::unique_ptr<State> state, size_t anchor_count)
+    : state_(std::move(state)), anchor_count_(anchor_count) {}
+
+CaStore::~CaStore() = default;
+
+absl::StatusOr<std::shared_ptr<const CaStore>> CaStore::FromPem(std::string_view trusted_pem) {
+  ASSIGN_OR_RETURN(auto parsed, ParseBundle(trusted_pem));
+  auto state = std::make_unique<State>();
+  state->store = std::move(parsed.first);
+  return std::shared_ptr<const CaStore>(new CaStore(std::move(state), parsed.second));
+}
+
+absl::StatusOr<VerifiedCertificate> CaStore::Verify(
+    std::span<const uint8_t> leaf_der,
+    std::span<const std::vector<uint8_t>> untrusted_intermediates_der) const {
+  ASSIGN_OR_RETURN(X509Ptr leaf, state_->Leaf(leaf_der));
+  return VerifyAgainst(state_->store.get(), std::move(leaf), untrusted_intermediates_der);
 }
 
 }  // namespace keywarden::crypto

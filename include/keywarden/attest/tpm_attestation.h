@@ -11,6 +11,7 @@
 #include "keywarden/attest/tpm.h"
 #include "keywarden/attest/verify.h"
 #include "keywarden/crypto/atls.h"
+#include "keywarden/crypto/x509.h"
 
 namespace keywarden::attest {
 
@@ -63,27 +64,36 @@ struct ValidatedDocument {
 
 // CheckDocument verifies a version-1 document against a CA bundle, base measurements and the
 // PCR 15 rule, binding `nonce` and `tls_key_hash`. PERMISSION_DENIED naming the failed check.
+// Every call verifies everything, the EK certificate's whole chain included (nothing is cached
+// between calls). This form parses `ca_bundle_pem` on every call; verifiers that check many
+// documents use the CaStore form (TpmValidator does).
 absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
                                                 std::span<const uint8_t> nonce,
                                                 std::span<const uint8_t> tls_key_hash,
                                                 std::string_view ca_bundle_pem,
                                                 const Measurements& measurements,
                                                 const Pcr15Rule& pcr15);
+// CheckDocument with the CA bundle parsed once (crypto::CaStore::FromPem); same checks.
+absl::StatusOr<ValidatedDocument> CheckDocument(std::string_view document,
+                                                std::span<const uint8_t> nonce,
+                                                std::span<const uint8_t> tls_key_hash,
+                                                const crypto::CaStore& ca_store,
+                                                const Measurements& measurements,
+                                                const Pcr15Rule& pcr15);
 
 // TpmValidator is CheckDocument behind aTLS's validator interface; the peer identity is
-// "ek-sha256:<hex>". Thread-safe.
+// "ek-sha256:<hex>". The CA bundle is parsed once, at construction, into a crypto::CaStore;
+// every Validate still verifies the EK certificate's chain in full. A bundle that does not parse
+// makes every Validate fail (PERMISSION_DENIED with the parse error). Thread-safe.
 class TpmValidator final : public crypto::AttestationValidator {
  public:
-  TpmValidator(std::string ca_bundle_pem, Measurements measurements, Pcr15Rule pcr15)
-      : ca_bundle_pem_(std::move(ca_bundle_pem)),
-        measurements_(std::move(measurements)),
-        pcr15_(std::move(pcr15)) {}
+  TpmValidator(std::string ca_bundle_pem, Measurements measurements, Pcr15Rule pcr15);
   absl::StatusOr<crypto::AttestationResult> Validate(
       std::string_view document, std::span<const uint8_t> nonce,
       std::span<const uint8_t> tls_key_hash) override;
 
  private:
-  const std::string ca_bundle_pem_;
+  const absl::StatusOr<std::shared_ptr<const crypto::CaStore>> ca_store_;
   const Measurements measurements_;
   const Pcr15Rule pcr15_;
 };

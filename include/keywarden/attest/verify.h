@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "keywarden/crypto/asymmetric.h"
+#include "keywarden/crypto/x509.h"
 #include "keywarden/secret_bytes.h"
 
 namespace keywarden::attest {
@@ -149,6 +150,13 @@ absl::StatusOr<crypto::RsaPublicKey> ParseEkPublic(std::span<const uint8_t> tpm2
 // PERMISSION_DENIED (does not chain), FAILED_PRECONDITION (not an RSA-2048 key).
 absl::StatusOr<crypto::RsaPublicKey> VerifyEkCertificate(
     std::span<const uint8_t> ek_cert_der, std::string_view ca_bundle_pem,
+    std::span<const std::vector<uint8_t>> intermediates_der = {});
+
+// VerifyEkCertificate with a CA bundle parsed once (crypto::CaStore::FromPem): the same checks
+// and errors, without re-parsing the bundle on every call. Every call still verifies the whole
+// path (signatures, validity at the current time); nothing is cached.
+absl::StatusOr<crypto::RsaPublicKey> VerifyEkCertificate(
+    std::span<const uint8_t> ek_cert_der, const crypto::CaStore& ca_store,
     std::span<const std::vector<uint8_t>> intermediates_der = {});
 
 // Credential is the output of MakeCredential, in the two parameters of TPM2_ActivateCredential.

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -51,5 +52,42 @@ inline constexpr size_t kMaxTrustBundleSize = 4 * 1024 * 1024;
 absl::StatusOr<VerifiedCertificate> VerifyCertificateChain(
     std::span<const uint8_t> leaf_der, std::string_view trusted_pem,
     std::span<const std::vector<uint8_t>> untrusted_intermediates_der = {});
+
+// CaStore is a PEM trust bundle parsed once into an OpenSSL X509_STORE, for verifiers that check
+// many certificates against the same CAs (the join service checks one EK certificate per join):
+// VerifyCertificateChain(leaf, pem) re-parses the bundle and re-decodes the anchors' keys on
+// every call, a CaStore does that once. Verify applies exactly VerifyCertificateChain's policy;
+// no verification result is cached: every call checks every signature, validity period (against
+// the current time) and extension of the path. What is kept is decoding work only: the leaves
+// most recently given, as parsed from their exact DER bytes (bounded), so that a node that joins
+// again is not re-decoded (OpenSSL 3.0 decodes a certificate's public key through its provider
+// decoders, ~0.1 ms). Verify is thread-safe (OpenSSL locks the store's lookups and a
+// certificate's extension cache), so one CaStore may be shared by any number of threads.
+class CaStore {
+ public:
+  // FromPem parses `trusted_pem` (one or more PEM "CERTIFICATE" blocks; every one is a trust
+  // anchor). INVALID_ARGUMENT for an empty, oversized or damaged bundle, or one with no
+  // certificate (the messages VerifyCertificateChain gives).
+  static absl::StatusOr<std::shared_ptr<const CaStore>> FromPem(std::string_view trusted_pem);
+
+  CaStore(const CaStore&) = delete;
+  CaStore& operator=(const CaStore&) = delete;
+  ~CaStore();
+
+  // Verify is VerifyCertificateChain(leaf_der, <this bundle>, untrusted_intermediates_der), with
+  // the same checks, results and errors.
+  absl::StatusOr<VerifiedCertificate> Verify(
+      std::span<const uint8_t> leaf_der,
+      std::span<const std::vector<uint8_t>> untrusted_intermediates_der = {}) const;
+
+  // anchor_count is the number of certificates the bundle held.
+  size_t anchor_count() const { return anchor_count_; }
+
+ private:
+  struct State;
+  CaStore(std::unique_ptr<State> state, size_t anchor_count);
+  std::unique_ptr<State> state_;
+  size_t anchor_count_;
+};
 
 }  // namespace keywarden::crypto
