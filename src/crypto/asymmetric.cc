@@ -1,13 +1,27 @@
+// ECDSA verification (EC_KEY, ECDSA_do_verify) and RSA-OAEP encryption (RSA,
+// RSA_padding_add_PKCS1_OAEP_mgf1) use APIs deprecated in OpenSSL 3.0, on purpose: building a
+// provider key from OSSL_PARAMs (EVP_PKEY_fromdata: key-management lookup, a fresh EC_GROUP) and
+// an EVP operation context (algorithm fetch) per call cost more than the public-key operation
+// itself on the 2-core reference machine (quote check 95 -> 57 us, MakeCredential 45 -> see
+// docs/performance.md, "Join service"). The objects used here do the same checks and give the
+// same bytes; keys are built per call from the value types, nothing is cached.
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "keywarden/crypto/asymmetric.h"
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
 #include <openssl/param_build.h>
 #include <openssl/rsa.h>
 
+#include <algorithm>
+#include <array>
 #include <utility>
 
+#include "keywarden/crypto/sha256.h"
 #include "src/crypto/asymmetric_util.h"
 #include "src/crypto/openssl_util.h"
 
@@ -23,9 +37,6 @@ using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, internal::Deleter<EVP_MD_CTX, EVP_M
 using ParamBldPtr =
     std::unique_ptr<OSSL_PARAM_BLD, internal::Deleter<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>>;
 using ParamPtr = std::unique_ptr<OSSL_PARAM, internal::Deleter<OSSL_PARAM, OSSL_PARAM_free>>;
-struct OpenSslFree {
-  void operator()(unsigned char* p) const { OPENSSL_free(p); }
-};
 
 constexpr int kMinRsaBits = 2048;
 constexpr int kMaxRsaBits = 4096;
@@ -43,6 +54,44 @@ absl::StatusOr<PkeyPtr> FromData(const char* type, const OSSL_PARAM* params) {
     return InvalidArgumentError("not a valid {} public key", type);
   }
   return PkeyPtr(pkey);
+}
+
+using EcKeyPtr = std::unique_ptr<EC_KEY, internal::Deleter<EC_KEY, EC_KEY_free>>;
+using RsaPtr = std::unique_ptr<RSA, internal::Deleter<RSA, RSA_free>>;
+using EcPointPtr = std::unique_ptr<EC_POINT, internal::Deleter<EC_POINT, EC_POINT_free>>;
+
+// P256 is one P-256 group shared read-only by every thread (EC_KEY_set_group copies it).
+const EC_GROUP* P256() {
+  static const EC_GROUP* const group = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+  return group;
+}
+
+// EcP256PublicEcKey decodes `key` as a P-256 public key. EC_POINT_oct2point refuses
+// coordinates that are not below p (SEC 1 §2.3.4) and points off the curve; the point at
+// infinity has no affine encoding, and is refused explicitly all the same. P-256 has cofactor
+// 1, so every such point has order n (SP 800-56A §5.6.2.3.4 partial validation suffices).
+absl::StatusOr<EcKeyPtr> EcP256PublicEcKey(const EcP256PublicKey& key) {
+  const EC_GROUP* group = P256();
+  if (group == nullptr) return internal::OpenSslError("EC_GROUP_new_by_curve_name(P-256)");
+  // SEC 1 §2.3.3 uncompressed point: 0x04 || X || Y.
+  std::array<uint8_t, 1 + 2 * kP256CoordinateSize> encoded;
+  encoded[0] = 0x04;
+  std::copy(key.x.begin(), key.x.end(), encoded.begin() + 1);
+  std::copy(key.y.begin(), key.y.end(), encoded.begin() + 1 + kP256CoordinateSize);
+  EcPointPtr point(EC_POINT_new(group));
+  if (point == nullptr) return internal::OpenSslError("EC_POINT_new");
+  if (EC_POINT_oct2point(group, point.get(), encoded.data(), encoded.size(), nullptr) != 1 ||
+      EC_POINT_is_at_infinity(group, point.get()) == 1 ||
+      EC_POINT_is_on_curve(group, point.get(), nullptr) != 1) {
+    ERR_clear_error();
+    return InvalidArgumentError("EC public key is not a valid P-256 point");
+  }
+  EcKeyPtr ec(EC_KEY_new());
+  if (ec == nullptr || EC_KEY_set_group(ec.get(), group) != 1 ||
+      EC_KEY_set_public_key(ec.get(), point.get()) != 1) {
+    return internal::OpenSslError("EC_KEY (P-256)");
+  }
+  return ec;
 }
 
 absl::Status CheckRsaKey(const RsaPublicKey& key, BIGNUM* n) {
@@ -156,41 +205,45 @@ absl::StatusOr<EcP256PublicKey> PkeyToEcP256PublicKey(const EVP_PKEY* pkey) {
 absl::StatusOr<std::vector<uint8_t>> RsaOaepSha256Encrypt(const RsaPublicKey& key,
                                                           std::span<const uint8_t> plaintext,
                                                           std::span<const uint8_t> label) {
-  ASSIGN_OR_RETURN(PkeyPtr pkey, internal::RsaPublicKeyToPkey(key));
-  const size_t k = static_cast<size_t>(EVP_PKEY_get_size(pkey.get()));
+  // RFC 8017 §7.1.1 with the RSA key held as an RSA object (deprecated API, as for ECDSA above):
+  // EME-OAEP encoding (RSA_padding_add_PKCS1_OAEP_mgf1: a fresh seed from the CSPRNG), then the
+  // raw RSAEP of the encoded message, which starts with 0x00 and so is below n. The provider path
+  // (EVP_PKEY_fromdata + EVP_PKEY_encrypt) gives the same bytes but builds and fetches a key
+  // manager and cipher per call, half of this function's cost.
+  static const EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  if (sha256 == nullptr) return internal::OpenSslError("SHA-256 fetch");
+  BnPtr n(BN_bin2bn(key.modulus.data(), static_cast<int>(key.modulus.size()), nullptr));
+  BnPtr e(BN_new());
+  if (!n || !e || BN_set_word(e.get(), key.exponent) != 1) return internal::OpenSslError("RSA key");
+  RETURN_IF_ERROR(CheckRsaKey(key, n.get()));
+  const size_t k = static_cast<size_t>(BN_num_bytes(n.get()));
   if (plaintext.size() + kOaepSha256Overhead > k) {
     return InvalidArgumentError("RSA-OAEP plaintext of {} bytes is too long for a {}-byte key",
                                 plaintext.size(), k);
   }
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
-  char pad[] = OSSL_PKEY_RSA_PAD_MODE_OAEP;
-  char digest[] = "SHA256";
-  // The label parameter is copied by OpenSSL; a zero-length label must still be non-null.
+  RsaPtr rsa(RSA_new());
+  if (!rsa || RSA_set0_key(rsa.get(), n.get(), e.get(), nullptr) != 1) {
+    return internal::OpenSslError("RSA key");
+  }
+  n.release();  // owned by rsa now
+  e.release();
+  // The encoded message holds the plaintext (a secret seed for MakeCredential): wiped below.
+  std::vector<uint8_t> encoded(k);
+  std::vector<uint8_t> out(k);
   static const uint8_t kEmpty = 0;
-  const OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_ASYM_CIPHER_PARAM_PAD_MODE, pad, 0),
-      OSSL_PARAM_construct_utf8_string(OSSL_ASYM_CIPHER_PARAM_OAEP_DIGEST, digest, 0),
-      OSSL_PARAM_construct_utf8_string(OSSL_ASYM_CIPHER_PARAM_MGF1_DIGEST, digest, 0),
-      OSSL_PARAM_construct_octet_string(
-          OSSL_ASYM_CIPHER_PARAM_OAEP_LABEL,
-          const_cast<uint8_t*>(label.empty() ? &kEmpty : label.data()), label.size()),
-      OSSL_PARAM_construct_end(),
-  };
-  size_t out_size = 0;
-  if (!ctx || EVP_PKEY_encrypt_init_ex(ctx.get(), params) != 1 ||
-      EVP_PKEY_encrypt(ctx.get(), nullptr, &out_size, plaintext.data(), plaintext.size()) != 1) {
-    return internal::OpenSslError("RSA-OAEP setup");
-  }
-  std::vector<uint8_t> out(out_size);
-  if (EVP_PKEY_encrypt(ctx.get(), out.data(), &out_size, plaintext.data(), plaintext.size()) != 1) {
-    return internal::OpenSslError("RSA-OAEP encrypt");
-  }
-  out.resize(out_size);
+  const bool ok = RSA_padding_add_PKCS1_OAEP_mgf1(
+                      encoded.data(), static_cast<int>(k), plaintext.data(),
+                      static_cast<int>(plaintext.size()), label.empty() ? &kEmpty : label.data(),
+                      static_cast<int>(label.size()), sha256, sha256) == 1 &&
+                  RSA_public_encrypt(static_cast<int>(k), encoded.data(), out.data(), rsa.get(),
+                                     RSA_NO_PADDING) == static_cast<int>(k);
+  OPENSSL_cleanse(encoded.data(), encoded.size());
+  if (!ok) return internal::OpenSslError("RSA-OAEP encrypt");
   return out;
 }
 
 absl::Status ValidateEcP256PublicKey(const EcP256PublicKey& key) {
-  return internal::EcP256PublicKeyToPkey(key).status();
+  return EcP256PublicEcKey(key).status();
 }
 
 absl::Status EcdsaP256Sha256Verify(const EcP256PublicKey& key, std::span<const uint8_t> message,
@@ -200,7 +253,7 @@ absl::Status EcdsaP256Sha256Verify(const EcP256PublicKey& key, std::span<const u
       signature.s.size() > kP256CoordinateSize) {
     return denied;
   }
-  ASSIGN_OR_RETURN(PkeyPtr pkey, internal::EcP256PublicKeyToPkey(key));
+  ASSIGN_OR_RETURN(EcKeyPtr ec, EcP256PublicEcKey(key));
   EcdsaSigPtr sig(ECDSA_SIG_new());
   BnPtr r(BN_bin2bn(signature.r.data(), static_cast<int>(signature.r.size()), nullptr));
   BnPtr s(BN_bin2bn(signature.s.data(), static_cast<int>(signature.s.size()), nullptr));
@@ -209,17 +262,11 @@ absl::Status EcdsaP256Sha256Verify(const EcP256PublicKey& key, std::span<const u
   }
   r.release();  // owned by sig now
   s.release();
-  unsigned char* der = nullptr;
-  const int der_size = i2d_ECDSA_SIG(sig.get(), &der);
-  if (der_size <= 0) return internal::OpenSslError("ECDSA signature encoding");
-  std::unique_ptr<unsigned char, OpenSslFree> der_owner(der);
-  MdCtxPtr md(EVP_MD_CTX_new());
-  if (!md || EVP_DigestVerifyInit_ex(md.get(), nullptr, "SHA256", nullptr, nullptr, pkey.get(),
-                                     nullptr) != 1) {
-    return internal::OpenSslError("ECDSA verify setup");
-  }
-  const int verified = EVP_DigestVerify(md.get(), der, static_cast<size_t>(der_size),
-                                        message.data(), message.size());
+  // FIPS 186-4 §6.4 over e = SHA-256(message) (32 bytes, the size of n: no truncation).
+  // ECDSA_do_verify refuses r or s outside [1, n-1].
+  const auto digest = Sha256({message});
+  const int verified =
+      ECDSA_do_verify(digest.data(), static_cast<int>(digest.size()), sig.get(), ec.get());
   ERR_clear_error();
   if (verified != 1) return denied;
   return absl::OkStatus();

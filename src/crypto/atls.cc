@@ -1,4 +1,5 @@
-// aTLS: the TLS 1.3 side. Per-connection keys and certificates, the nonce extensions, the
+// aTLS: the TLS 1.3 side. Per-connection keys and certificates (a join-mode server's one shared
+// key and certificate, AtlsContext::UnattestedCredential), the nonce extensions, the
 // certificate callbacks that issue and validate attestation documents, and non-blocking I/O on
 // an established connection. docs/formats/atls.md describes the wire format and the checks.
 
@@ -245,6 +246,16 @@ absl::Status InstallCertificate(SSL* ssl, HandshakeState* state) {
         "attest",
         kAtlsServerNonceExtension);
   }
+  if (issuer == nullptr && server) {
+    // Join mode: no document, so one key and certificate serve every connection for a while.
+    ASSIGN_OR_RETURN(auto credential, context.UnattestedCredential());
+    if (SSL_use_cert_and_key(ssl, credential->cert.get(), credential->key.get(), nullptr,
+                             /*override=*/1) != 1) {
+      return OpenSslError("SSL_use_cert_and_key");
+    }
+    state->certificate_installed = true;
+    return absl::OkStatus();
+  }
   ASSIGN_OR_RETURN(PkeyPtr key, GenerateAtlsKey());
   std::string document;
   if (issuer != nullptr) {
@@ -414,6 +425,12 @@ absl::Status ConfigureContext(SSL_CTX* ctx, bool server, bool verify_peer) {
   // Cheap handshakes: X25519 key exchange, ECDSA P-256 signatures only (no RSA).
   if (SSL_CTX_set1_groups_list(ctx, "X25519:P-256") != 1) {
     return OpenSslError("SSL_CTX_set1_groups_list");
+  }
+  // One suite, the one RFC 8446 §9.1 makes mandatory: SHA-256 for the key schedule and
+  // transcript (SHA-NI on current x86 CPUs; SHA-384 has no such instructions), AES-128-GCM for
+  // the records. Both sides are Keywarden, so nothing else needs to be offered.
+  if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256") != 1) {
+    return OpenSslError("SSL_CTX_set_ciphersuites");
   }
   if (SSL_CTX_set1_sigalgs_list(ctx, "ECDSA+SHA256") != 1 ||
       SSL_CTX_set1_client_sigalgs_list(ctx, "ECDSA+SHA256") != 1) {
@@ -652,6 +669,20 @@ absl::StatusOr<std::unique_ptr<AtlsContext>> AtlsContext::New(
   RETURN_IF_ERROR(ConfigureContext(ctx.get(), server, validator != nullptr));
   return std::unique_ptr<AtlsContext>(
       new AtlsContext(server, std::move(issuer), std::move(validator), std::move(ctx)));
+}
+
+absl::StatusOr<std::shared_ptr<const AtlsContext::Credential>> AtlsContext::UnattestedCredential()
+    const {
+  std::lock_guard<std::mutex> lock(credential_mu_);
+  const auto now = Clock::now();
+  if (credential_ == nullptr || now - credential_->made >= kUnattestedCredentialLifetime) {
+    auto fresh = std::make_shared<Credential>();
+    ASSIGN_OR_RETURN(fresh->key, GenerateAtlsKey());
+    ASSIGN_OR_RETURN(fresh->cert, MakeAtlsCertificate(fresh->key.get(), nullptr));
+    fresh->made = now;
+    credential_ = std::move(fresh);
+  }
+  return credential_;
 }
 
 absl::StatusOr<std::unique_ptr<AtlsContext>> AtlsContext::NewServer(

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -145,6 +146,20 @@ class AtlsContext {
   AttestationIssuer* issuer() const { return issuer_.get(); }
   AttestationValidator* validator() const { return validator_.get(); }
 
+  // UnattestedCredential is the key and certificate of a server without an issuer (join mode):
+  // its certificate carries no document, so nothing binds it to one connection, and one key and
+  // certificate serve every handshake for kUnattestedCredentialLifetime, then a fresh pair is
+  // made (the certificate itself is valid for longer). Handshakes still use fresh ECDHE keys and
+  // sign a fresh CertificateVerify. Sides that attest never use it: their document binds the
+  // key's hash, so they make a key per connection (InstallCertificate). Thread-safe.
+  struct Credential {
+    PkeyPtr key;
+    X509Ptr cert;
+    Clock::time_point made;
+  };
+  static constexpr std::chrono::minutes kUnattestedCredentialLifetime{5};
+  absl::StatusOr<std::shared_ptr<const Credential>> UnattestedCredential() const;
+
  private:
   AtlsContext(bool server, std::shared_ptr<AttestationIssuer> issuer,
               std::shared_ptr<AttestationValidator> validator, SslCtxPtr ctx);
@@ -156,6 +171,8 @@ class AtlsContext {
   const std::shared_ptr<AttestationIssuer> issuer_;
   const std::shared_ptr<AttestationValidator> validator_;
   const SslCtxPtr ctx_;
+  mutable std::mutex credential_mu_;
+  mutable std::shared_ptr<const Credential> credential_;  // guarded by credential_mu_
 };
 
 // --- RPC frames (docs/formats/atls.md) ----------------------------------------------------

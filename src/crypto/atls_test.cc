@@ -293,6 +293,31 @@ TEST_F(AtlsTest, JoinModeServerWithoutIssuerValidatesAttestingClient) {
   EXPECT_EQ(client_checker_->calls(), 1);
 }
 
+// A join-mode server carries no document, so it may reuse its certificate across connections;
+// the attesting client still gets a fresh key and the server a fresh nonce every time.
+TEST_F(AtlsTest, JoinModeServerReusesItsCertificateButClientsKeysAndNoncesAreFresh) {
+  AtlsServerOptions options;
+  options.client_validator = client_checker_;
+  StartServer(std::move(options));
+  auto client = NewClient(client_issuer_, nullptr);
+  std::set<Bytes> server_keys;
+  constexpr int kConnections = 4;
+  for (int i = 0; i < kConnections; ++i) {
+    auto conn = client->Connect(server_->endpoint(), kTimeout);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_TRUE((*conn)->Call("echo", "x", kTimeout).ok());
+    const auto& hash = (*conn)->peer().tls_key_hash;
+    server_keys.insert(Bytes(hash.begin(), hash.end()));
+  }
+  ASSERT_EQ(server_keys.size(), 1u);
+  EXPECT_NE(*server_keys.begin(), Bytes(kAtlsKeyHashSize, 0));  // a real key's hash
+  const auto nonces = client_checker_->nonces();
+  const auto keys = client_checker_->key_hashes();
+  ASSERT_EQ(nonces.size(), static_cast<size_t>(kConnections));
+  EXPECT_EQ(std::set<Bytes>(nonces.begin(), nonces.end()).size(), nonces.size());
+  EXPECT_EQ(std::set<Bytes>(keys.begin(), keys.end()).size(), keys.size());
+}
+
 TEST(AtlsOptionsTest, RefusesConfigurationsThatAttestNothing) {
   const auto handler = [](std::string_view, std::string_view,
                           const PeerInfo&) -> absl::StatusOr<std::string> { return ""; };

@@ -1,6 +1,8 @@
 // Attested TLS ("aTLS"), in Constellation's manner, over OpenSSL TLS 1.3.
 //
-// Every connection gets a fresh ECDSA P-256 key and a self-signed certificate. The side that
+// Every side that attests gets a fresh ECDSA P-256 key and a self-signed certificate per
+// connection (a server that does not attest, join mode, reuses one key and document-less
+// certificate for a few minutes: docs/formats/atls.md). The side that
 // verifies sends a fresh 32-byte nonce inside the handshake (the client in its ClientHello, the
 // server in its TLS 1.3 CertificateRequest); the side that attests asks its AttestationIssuer for
 // a document binding (nonce, SHA-256 of the certificate's DER SubjectPublicKeyInfo) and carries
