@@ -1,5 +1,5 @@
 # Keywarden's entry points. `make run` and `make test` install their own dependencies.
-.PHONY: all deps build run test bench bench-service bench-volume format format-check clean
+.PHONY: all deps build run test bench bench-service bench-volume bench-join format format-check clean
 
 JOBS ?= $(shell nproc)
 
@@ -32,6 +32,11 @@ bench-service: build
 # filter and openssl's AES-XTS (docs/performance.md).
 bench-volume: build
 	scripts/bench-volume
+
+# bench-join: verified joins/s of the join service against `keywarden serve`, software and
+# swtpm quotes, with the cost of each part (docs/performance.md).
+bench-join: build
+	scripts/bench-join
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
