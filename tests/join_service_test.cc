@@ -593,6 +593,17 @@ TEST(JoinServiceProcess, HalfAJoinConfigurationIsAnError) {
                                "127.0.0.1:0", "--measurements", (temp.path() / "m.json").string()});
   EXPECT_FALSE(r.ok());
   EXPECT_THAT(r.stderr_text, HasSubstr("--ek-ca"));
+
+  // A bundle that holds no certificate is refused at start, not at the first join.
+  temp.WriteFile("m.json",
+                 "{\"4\": {\"expected\": \"" + std::string(64, '0') + "\", \"warnOnly\": false}}");
+  temp.WriteFile("ca.pem", "not a certificate\n");
+  const RunResult bad_ca = keywarden::testing::Run(
+      {KEYWARDEN_BINARY, "serve", "--dir", dir.string(), "--listen", "127.0.0.1:0", "--join-listen",
+       "127.0.0.1:0", "--measurements", (temp.path() / "m.json").string(), "--ek-ca",
+       (temp.path() / "ca.pem").string()});
+  EXPECT_EQ(bad_ca.exit_code, 1) << bad_ca;
+  EXPECT_THAT(bad_ca.stderr_text, HasSubstr("EK CA bundle"));
 }
 
 }  // namespace

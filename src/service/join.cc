@@ -6,6 +6,7 @@
 #include "keywarden/crypto/atls.h"
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/crypto/sha256.h"
+#include "keywarden/crypto/x509.h"
 #include "keywarden/status.h"
 
 namespace keywarden::service {
@@ -187,6 +188,9 @@ absl::StatusOr<std::unique_ptr<JoinService>> JoinService::Start(JoinServiceOptio
     return InvalidArgumentError(
         "the base measurements name none of PCRs 0-14: the join service would accept any "
         "node");
+  }
+  if (auto store = crypto::CaStore::FromPem(options.ek_ca_bundle_pem); !store.ok()) {
+    return InvalidArgumentError("the EK CA bundle is unusable: {}", StatusMessage(store.status()));
   }
   auto impl = std::make_unique<Impl>();
   impl->keys = keys;
