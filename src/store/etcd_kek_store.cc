@@ -1,78 +1,22 @@
-// KekStore on etcd's v3 gRPC API (etcdserverpb.KV, proto/etcd.proto).
-//
-// Connections: one gRPC channel per endpoint, not one channel over all of them. A channel
-// verifies the TLS server name against its own target's host, so with one channel per member
-// every member is checked against its own name (an etcd member's certificate usually names
-// only that member); a single channel over "ipv4:a,b,c" would check every member against one
-// override name and break TLS exactly when it fails over. Failover is done here instead of by
-// a gRPC load-balancing policy, which also lets an etcd-level refusal ("etcdserver: no
-// leader", "leader changed", a member cut off from the quorum) move the call to another
-// member, which no policy does.
-//
-// Each operation has one deadline (StoreOptions::timeout). Within it the store tries the
-// member that answered last, then the others in turn, on UNAVAILABLE or a per-attempt
-// DEADLINE_EXCEEDED, with a short pause after each full round (the first round fails fast on
-// members known to be down, later rounds wait for a connection; see Call). Retrying is safe for
-// both operations: Range only reads, and the InitializeOrLoad Txn is a compare-and-swap whose retry
-// after an unseen success fails the compare and reads back the record it wrote.
+// KekStore on etcd (src/store/etcd_kv.h does the talking): the record lives at
+// prefix + "v1/kek"; InitializeOrLoad is one compare-and-swap transaction.
 #include "keywarden/store/etcd_kek_store.h"
 
-#include <arpa/inet.h>
-#include <grpcpp/grpcpp.h>
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <fstream>
-#include <iterator>
-#include <sstream>
 #include <string_view>
-#include <thread>
 #include <utility>
 
-#include "absl/status/status.h"
-#include "etcd.grpc.pb.h"
 #include "keywarden/status.h"
+#include "src/store/etcd_kv.h"
 
 namespace keywarden::store {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-
 constexpr std::string_view kRecordKeySuffix = "v1/kek";
-// Pause after every member failed once in a round: first and largest value.
-constexpr milliseconds kFirstRoundPause{50};
-constexpr milliseconds kMaxRoundPause{400};
-// With several members, one attempt gets at most half of the remaining time (but at least
-// this much), so one member that hangs (stopped, black-holed) leaves time for the others.
-constexpr milliseconds kMinAttemptBudget{500};
-// Channel tuning: reconnect quickly to a member that comes back (gRPC's default maximum
-// backoff is 120 s); keepalive finds a connection to a vanished host. etcd accepts pings
-// every 5 s or slower (--grpc-keepalive-min-time).
-constexpr int kInitialReconnectBackoffMs = 200;
-constexpr int kMaxReconnectBackoffMs = 1000;
-constexpr int kKeepaliveTimeMs = 30000;
-constexpr int kKeepaliveTimeoutMs = 10000;
-constexpr int kDnsMinTimeBetweenResolutionsMs = 1000;
 
 // Security: protobuf keeps `bytes` fields in std::string, so the encoded record (KEK included)
-// passes through ordinary heap strings on its way to and from etcd; they are wiped with
-// SecureWipe before they are destroyed. Copies that gRPC and protobuf make internally
-// (serialized request and response slices, buffers reallocated while parsing) are out of reach;
-// they live only for the duration of a call.
-void WipeString(std::string* s) { SecureWipe(*s); }
-
-void WipeRange(etcdserverpb::RangeResponse* response) {
-  for (etcdserverpb::KeyValue& kv : *response->mutable_kvs()) WipeString(kv.mutable_value());
-}
-
-void WipeTxn(etcdserverpb::TxnResponse* response) {
-  for (etcdserverpb::ResponseOp& op : *response->mutable_responses()) {
-    if (op.has_response_range()) WipeRange(op.mutable_response_range());
-  }
-}
-
+// passes through ordinary heap strings on its way to and from etcd; they are wiped before they
+// are destroyed. Copies that gRPC and protobuf make internally are out of reach; they live only
+// for the duration of a call.
 // OnExit runs a function when it goes out of scope (wipes on every return path).
 template <typename F>
 class OnExit {
@@ -90,158 +34,21 @@ std::span<const uint8_t> AsBytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-std::string JoinEndpoints(const std::vector<std::string>& endpoints) {
-  std::string out;
-  for (const std::string& e : endpoints) {
-    if (!out.empty()) out += ',';
-    out += e;
-  }
-  return out;
-}
-
-std::string GrpcErrorText(const grpc::Status& status) {
-  const std::string code =
-      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
-  return code + ": " + Printable(status.error_message(), 300);
-}
-
-// IsRetryable says whether a failed attempt may succeed on another member or a little later:
-// transport failures and etcd's own "unavailable" answers (no leader, leader changed, request
-// timed out, server stopping), and a per-attempt deadline. etcd 3.4 answers some reads whose
-// deadline ran out on the server (a follower waiting for a new leader) with UNKNOWN and Go's
-// "context deadline exceeded"; those count as a deadline too. Everything else (permission
-// denied, etcd's "database space exceeded", a corrupt member) is reported as it is.
-bool IsRetryable(const grpc::Status& status) {
-  switch (status.error_code()) {
-    case grpc::StatusCode::UNAVAILABLE:
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return true;
-    case grpc::StatusCode::UNKNOWN:
-      return status.error_message() == "context deadline exceeded" ||
-             status.error_message() == "context canceled";
-    default:
-      return false;
-  }
-}
-
-}  // namespace
-
-absl::Status ValidateEtcdEndpoint(std::string_view endpoint) {
-  if (endpoint.find("://") != std::string::npos) {
-    return InvalidArgumentError("etcd endpoint \"{}\" must be host:port, without a scheme",
-                                Printable(endpoint));
-  }
-  const size_t colon = endpoint.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == endpoint.size() ||
-      colon + 6 < endpoint.size()) {
-    return InvalidArgumentError("etcd endpoint \"{}\" is not host:port", Printable(endpoint));
-  }
-  const std::string_view host(endpoint.data(), colon);
-  const std::string_view port(endpoint.data() + colon + 1, endpoint.size() - colon - 1);
-  unsigned port_number = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9') {
-      return InvalidArgumentError("etcd endpoint \"{}\" has a bad port", Printable(endpoint));
-    }
-    port_number = port_number * 10 + static_cast<unsigned>(c - '0');
-  }
-  if (port_number == 0 || port_number > 65535) {
-    return InvalidArgumentError("etcd endpoint \"{}\" has a bad port", Printable(endpoint));
-  }
-  for (char c : host) {
-    const unsigned char u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u >= 0x7f || c == ',' || c == '/' || c == '?' || c == '#' || c == '@') {
-      return InvalidArgumentError("etcd endpoint \"{}\" has a bad host", Printable(endpoint));
-    }
-  }
-  return absl::OkStatus();
-}
-
-namespace {
-
-// ChannelTarget returns the gRPC target for "host:port": "ipv4:" or "ipv6:" for an address
-// literal (a fixed address, nothing to resolve), "dns:///" for a name.
-std::string ChannelTarget(const std::string& endpoint) {
-  const size_t colon = endpoint.rfind(':');
-  const std::string host = endpoint.substr(0, colon);
-  in_addr v4;
-  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return "ipv4:" + endpoint;
-  in6_addr v6;
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']' &&
-      inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &v6) == 1) {
-    return "ipv6:" + endpoint;
-  }
-  return "dns:///" + endpoint;
-}
-
-// ReadPemFile reads a PEM file whose text must contain `marker` (e.g. "CERTIFICATE-----").
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view what,
-                                        std::string_view marker) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return InvalidArgumentError("cannot read the etcd {} file {}", what, Printable(path, 256));
-  }
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad() || text.find("-----BEGIN ") == std::string::npos ||
-      text.find(marker) == std::string::npos) {
-    WipeString(&text);
-    return InvalidArgumentError("the etcd {} file {} holds no PEM {}", what, Printable(path, 256),
-                                what);
-  }
-  return text;
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
-    const EtcdOptions& options) {
-  if (options.ca_file.empty()) {
-    if (!options.cert_file.empty() || !options.key_file.empty()) {
-      return InvalidArgumentError(
-          "an etcd client certificate (cert_file, key_file) needs TLS: set ca_file too");
-    }
-    return grpc::InsecureChannelCredentials();
-  }
-  if (options.cert_file.empty() != options.key_file.empty()) {
-    return InvalidArgumentError("etcd cert_file and key_file must be given together");
-  }
-  grpc::SslCredentialsOptions ssl;
-  ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                   ReadPemFile(options.ca_file, "CA certificate", "CERTIFICATE-----"));
-  if (!options.cert_file.empty()) {
-    ASSIGN_OR_RETURN(ssl.pem_cert_chain,
-                     ReadPemFile(options.cert_file, "client certificate", "CERTIFICATE-----"));
-    ASSIGN_OR_RETURN(ssl.pem_private_key,
-                     ReadPemFile(options.key_file, "client key", "PRIVATE KEY-----"));
-  }
-  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(ssl);
-  // Security: the client's private key; gRPC has taken its own copy.
-  WipeString(&ssl.pem_private_key);
-  if (credentials == nullptr) return InternalError("cannot create TLS credentials for etcd");
-  return credentials;
-}
+void WipeString(std::string* s) { SecureWipe(*s); }
 
 class EtcdKekStore final : public KekStore {
  public:
-  EtcdKekStore(std::vector<std::string> endpoints,
-               std::vector<std::shared_ptr<grpc::Channel>> channels, std::string key,
-               milliseconds timeout)
-      : endpoints_(std::move(endpoints)),
-        description_("etcd://" + JoinEndpoints(endpoints_)),
-        channels_(std::move(channels)),
-        key_(std::move(key)),
-        timeout_(timeout) {
-    for (const auto& channel : channels_) stubs_.push_back(etcdserverpb::KV::NewStub(channel));
-  }
+  EtcdKekStore(std::unique_ptr<EtcdKv> kv, std::string key)
+      : kv_(std::move(kv)), key_(std::move(key)) {}
 
   absl::StatusOr<KekRecord> Load() override {
     etcdserverpb::RangeRequest request;
     request.set_key(key_);  // linearizable (serializable = false)
     etcdserverpb::RangeResponse response;
-    OnExit wipe([&response] { WipeRange(&response); });
-    RETURN_IF_ERROR(Call("Range", [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
-      return stub.Range(context, request, &response);
-    }));
+    OnExit wipe([&response] { WipeEtcdRange(&response); });
+    RETURN_IF_ERROR(kv_->Range(request, &response));
     if (response.kvs_size() == 0) {
-      return NotFoundError("no KEK record in {} (key {})", description_, Printable(key_));
+      return NotFoundError("no KEK record in {} (key {})", kv_->description(), Printable(key_));
     }
     return Decode(response.kvs(0).value());
   }
@@ -270,155 +77,44 @@ class EtcdKekStore final : public KekStore {
     etcdserverpb::TxnResponse response;
     OnExit wipe([put, &response] {
       WipeString(put->mutable_value());
-      WipeTxn(&response);
+      WipeEtcdTxn(&response);
     });
     put->set_value(reinterpret_cast<const char*>(encoded_bytes.data()), encoded_bytes.size());
 
-    RETURN_IF_ERROR(Call("Txn", [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
-      return stub.Txn(context, request, &response);
-    }));
+    RETURN_IF_ERROR(kv_->Txn(request, &response));
     if (response.succeeded()) return DecodeKekRecord(encoded_bytes);
     if (response.responses_size() != 1 || !response.responses(0).has_response_range() ||
         response.responses(0).response_range().kvs_size() != 1) {
       return InternalError("{} answered the KEK record transaction with an unexpected result",
-                           description_);
+                           kv_->description());
     }
     return Decode(response.responses(0).response_range().kvs(0).value());
   }
 
-  std::string Describe() const override { return description_; }
+  std::string Describe() const override { return kv_->description(); }
 
-  // Ping checks that some member answers (a serializable, count-only Range: no quorum needed,
-  // no value sent), within the timeout.
-  absl::Status Ping() {
-    etcdserverpb::RangeRequest request;
-    request.set_key(key_);
-    request.set_serializable(true);
-    request.set_count_only(true);
-    etcdserverpb::RangeResponse response;
-    return Call("reachability check",
-                [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
-                  return stub.Range(context, request, &response);
-                });
-  }
+  absl::Status Ping() { return kv_->Ping(key_); }
 
  private:
   absl::StatusOr<KekRecord> Decode(const std::string& value) const {
     absl::StatusOr<KekRecord> record = DecodeKekRecord(AsBytes(value));
     if (!record.ok()) {
-      return MakeStatus(record.status().code(), "{} key {}: {}", description_, Printable(key_),
-                        StatusMessage(record.status()));
+      return MakeStatus(record.status().code(), "{} key {}: {}", kv_->description(),
+                        Printable(key_), StatusMessage(record.status()));
     }
     return record;
   }
 
-  // Call runs `rpc(stub, context)` until it succeeds, fails for good, or the timeout passes
-  // (see the top of this file).
-  template <typename Rpc>
-  absl::Status Call(std::string_view operation, Rpc&& rpc) {
-    const size_t n = stubs_.size();
-    const Clock::time_point deadline = Clock::now() + timeout_;
-    std::vector<std::string> last_errors(n);
-    size_t index = preferred_.load(std::memory_order_relaxed) % n;
-    size_t failed_in_round = 0;
-    int round = 0;
-    milliseconds pause = kFirstRoundPause;
-    for (;;) {
-      const Clock::time_point now = Clock::now();
-      if (now >= deadline) break;
-      auto budget = std::chrono::duration_cast<milliseconds>(deadline - now);
-      if (n > 1) budget = std::min(budget, std::max(budget / 2, kMinAttemptBudget));
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + budget);
-      // First round fail-fast: a member whose channel is down is skipped at once. Later rounds
-      // wait for the channel to connect (within the attempt's budget): a synchronous gRPC
-      // client only makes progress on a reconnection while some call polls, and a fail-fast
-      // call on a channel in TRANSIENT_FAILURE polls nothing, so without waiting a restarted
-      // member would be noticed only by gRPC's 5 s backup poller.
-      context.set_wait_for_ready(round > 0);
-      const grpc::Status status = rpc(*stubs_[index], &context);
-      if (status.ok()) {
-        preferred_.store(index, std::memory_order_relaxed);
-        return absl::OkStatus();
-      }
-      if (!IsRetryable(status)) {
-        return MakeStatus(static_cast<absl::StatusCode>(status.error_code()),
-                          "etcd at {} refused {}: {}", endpoints_[index], operation,
-                          GrpcErrorText(status));
-      }
-      // Keep the most telling error per member: a waiting attempt that runs out of time says
-      // less than the connection error seen before it.
-      if (last_errors[index].empty() ||
-          status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
-        last_errors[index] = GrpcErrorText(status);
-      }
-      index = (index + 1) % n;
-      if (++failed_in_round == n) {
-        failed_in_round = 0;
-        ++round;
-        const auto left = deadline - Clock::now();
-        if (left <= Clock::duration::zero()) break;
-        std::this_thread::sleep_for(std::min<Clock::duration>(pause, left));
-        pause = std::min(pause * 2, kMaxRoundPause);
-      }
-    }
-    std::string details;
-    for (size_t i = 0; i < n; ++i) {
-      if (last_errors[i].empty()) continue;
-      if (!details.empty()) details += "; ";
-      details += endpoints_[i] + ": " + last_errors[i];
-    }
-    if (details.empty()) details = "no attempt finished";
-    return UnavailableError("etcd at {} unreachable: {} did not succeed within {} ms ({})",
-                            JoinEndpoints(endpoints_), operation, timeout_.count(), details);
-  }
-
-  const std::vector<std::string> endpoints_;
-  const std::string description_;
-  const std::vector<std::shared_ptr<grpc::Channel>> channels_;
-  std::vector<std::unique_ptr<etcdserverpb::KV::Stub>> stubs_;  // written only in the ctor
+  const std::unique_ptr<EtcdKv> kv_;
   const std::string key_;
-  const milliseconds timeout_;
-  // preferred_ is the member that answered last; calls start there.
-  std::atomic<size_t> preferred_{0};
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<KekStore>> NewEtcdKekStore(const EtcdOptions& options) {
-  if (options.endpoints.empty()) return InvalidArgumentError("no etcd endpoint given");
-  for (const std::string& endpoint : options.endpoints)
-    RETURN_IF_ERROR(ValidateEtcdEndpoint(endpoint));
-  if (options.store.timeout <= milliseconds::zero()) {
-    return InvalidArgumentError("etcd timeout must be positive, not {} ms",
-                                options.store.timeout.count());
-  }
-  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials, MakeCredentials(options));
-
-  grpc::ChannelArguments args;
-  // A channel of its own per store: without this, gRPC shares connections between channels
-  // with equal arguments process-wide, and two stores would fail together.
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kInitialReconnectBackoffMs);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
-  // gRPC re-resolves a name when a connection drops, by default at most every 30 s; a member
-  // that comes back under a new address (a rescheduled pod) is found sooner this way. Address
-  // literals skip DNS altogether (see ChannelTarget).
-  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, kDnsMinTimeBetweenResolutionsMs);
-  std::vector<std::shared_ptr<grpc::Channel>> channels;
-  for (const std::string& endpoint : options.endpoints) {
-    grpc::ChannelArguments channel_args = args;
-    // The authority, whose host part is the name TLS checks the member's certificate against.
-    channel_args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, endpoint);
-    auto channel = grpc::CreateCustomChannel(ChannelTarget(endpoint), credentials, channel_args);
-    channel->GetState(/*try_to_connect=*/true);
-    channels.push_back(std::move(channel));
-  }
-  auto store = std::make_unique<EtcdKekStore>(options.endpoints, std::move(channels),
-                                              options.prefix + std::string(kRecordKeySuffix),
-                                              options.store.timeout);
+  ASSIGN_OR_RETURN(std::unique_ptr<EtcdKv> kv, EtcdKv::Connect(options));
+  auto store =
+      std::make_unique<EtcdKekStore>(std::move(kv), options.prefix + std::string(kRecordKeySuffix));
   RETURN_IF_ERROR(store->Ping());
   return store;
 }
