@@ -7,6 +7,8 @@
 #include <string>
 
 #include "cli/attest_commands.h"
+#include "cli/byok_commands.h"
+#include "cli/byok_ops_commands.h"
 #include "cli/commands.h"
 #include "cli/node_commands.h"
 #include "cli/volume_commands.h"
@@ -158,7 +160,24 @@ int main(int argc, char** argv) {
                     "PEM bundle of the TPM manufacturer CAs that EK certificates must chain to "
                     "(with --measurements)");
   serve->add_option("--audit-log", serve_options.audit_log,
-                    "the join service's hash-chained audit log (default DIR/audit.log)");
+                    "hash-chained audit log of the join service, or in user-managed mode of "
+                    "every wrap/unwrap decision (default DIR/audit.log)");
+  serve->add_option("--kms", serve_options.kms_uri,
+                    "user-managed mode (docs/byok.md): the KEK provider, e.g. "
+                    "kms://pkcs11?module=PATH&token=LABEL&pin=PIN&key=LABEL; with --storage");
+  serve->add_option("--storage", serve_options.storage_uri,
+                    "user-managed mode: the DEK store, e.g. storage://sqlite?path=FILE");
+  serve
+      ->add_option("--dek-cache-entries", serve_options.dek_cache_entries,
+                   "user-managed mode: unwrapped DEKs kept in locked memory (0: unwrap per "
+                   "request)")
+      ->capture_default_str();
+  double dek_cache_ttl_s = 300;
+  serve
+      ->add_option("--dek-cache-ttl", dek_cache_ttl_s,
+                   "user-managed mode: seconds a cached DEK is used before it is unwrapped again")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
   serve->add_option("--log-format", log_format, "text or json")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
@@ -304,6 +323,8 @@ int main(int argc, char** argv) {
   }
 
   cli::NodeCommands node_commands(app);
+  cli::ByokCommands byok_commands(app);
+  cli::ByokOpsCommands byok_ops_commands(app);
 
   try {
     app.parse(argc, argv);
@@ -326,6 +347,7 @@ int main(int argc, char** argv) {
         log_format == "json" ? service::LogFormat::kJson : service::LogFormat::kText;
     serve_options.store_timeout = millis(store_timeout_s);
     serve_options.drain_timeout = millis(drain_timeout_s);
+    serve_options.dek_cache_ttl = millis(dek_cache_ttl_s);
     return cli::RunServe(serve_options);
   }
   if (dek_get->parsed()) {
@@ -349,13 +371,16 @@ int main(int argc, char** argv) {
   if (vstatus->parsed()) return cli::RunVolumeStatus(status_what, run_dir, status_json);
   if (mread->parsed()) return cli::RunMeasurementsRead(measure_tpm, measure_format);
   if (std::optional<int> code = node_commands.Run()) return *code;
+  if (std::optional<int> code = byok_commands.Run()) return *code;
+  if (std::optional<int> code = byok_ops_commands.Run()) return *code;
   // No command (or `derive` without one): show what there is.
-  const CLI::App& shown = derive->parsed()               ? *derive
-                          : dek_cmd->parsed()            ? *dek_cmd
-                          : volume_cmd->parsed()         ? *volume_cmd
-                          : measurements_cmd->parsed()   ? *measurements_cmd
-                          : node_commands.parsed_group() ? *node_commands.parsed_group()
-                                                         : app;
+  const CLI::App& shown = derive->parsed()                   ? *derive
+                          : dek_cmd->parsed()                ? *dek_cmd
+                          : volume_cmd->parsed()             ? *volume_cmd
+                          : measurements_cmd->parsed()       ? *measurements_cmd
+                          : node_commands.parsed_group()     ? *node_commands.parsed_group()
+                          : byok_ops_commands.parsed_group() ? *byok_ops_commands.parsed_group()
+                                                             : app;
   fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;
 }

@@ -11,12 +11,15 @@
 
 #include <charconv>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
 
 #include "keywarden/attest/measurements.h"
+#include "keywarden/byok/byok.h"
+#include "keywarden/byok/user_managed.h"
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/keys/cluster.h"
 #include "keywarden/keys/master_secret.h"
@@ -47,11 +50,16 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, std::string_view wh
   return text.str();
 }
 
+// DataKeySource answers GetDataKey(id, length): managed mode's KeyService (derived DEKs) or
+// user-managed mode's byok::UserManagedKeys (wrapped DEKs). Called from many threads at once.
+using DataKeySource =
+    std::function<absl::StatusOr<SecretBytes>(std::string_view id, uint64_t length)>;
+
 // KmsService implements kms.API/GetDataKey on raw bytes, so that a request that is not a valid
 // GetDataKeyRequest gets INVALID_ARGUMENT (gRPC's generated handler would answer INTERNAL).
 class KmsService : public kms::API::WithRawCallbackMethod_GetDataKey<kms::API::Service> {
  public:
-  KmsService(const KeyService* keys, Metrics* metrics) : keys_(keys), metrics_(metrics) {}
+  KmsService(DataKeySource keys, Metrics* metrics) : keys_(std::move(keys)), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* GetDataKey(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
@@ -73,7 +81,7 @@ class KmsService : public kms::API::WithRawCallbackMethod_GetDataKey<kms::API::S
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "request is not a valid kms.GetDataKeyRequest");
     }
-    absl::StatusOr<SecretBytes> key = keys_->GetDataKey(parsed.data_key_id(), parsed.length());
+    absl::StatusOr<SecretBytes> key = keys_(parsed.data_key_id(), parsed.length());
     if (!key.ok()) return ToGrpc(key.status());
     kms::GetDataKeyResponse answer;
     const auto bytes = key->Reveal(InsecureSecretAccess::Get());
@@ -86,7 +94,7 @@ class KmsService : public kms::API::WithRawCallbackMethod_GetDataKey<kms::API::S
     return serialized;
   }
 
-  const KeyService* const keys_;
+  const DataKeySource keys_;
   Metrics* const metrics_;
 };
 
@@ -263,11 +271,195 @@ absl::StatusOr<std::optional<JoinSetup>> ReadJoinSetup(const ServeOptions& optio
   return std::optional<JoinSetup>(std::move(setup));
 }
 
+// CheckUserManagedOptions refuses managed-mode options next to --kms / --storage.
+absl::Status CheckUserManagedOptions(const ServeOptions& options) {
+  if (options.kms_uri.empty() || options.storage_uri.empty()) {
+    return InvalidArgumentError(
+        "user-managed mode needs both --kms (the KEK provider) and --storage (the DEK store)");
+  }
+  if (!options.join_measurements.empty() || !options.join_ek_ca.empty()) {
+    return InvalidArgumentError(
+        "--measurements and --ek-ca start the join service, which releases keys derived from "
+        "managed mode's master secret; it cannot run with --kms (user-managed mode)");
+  }
+  if (!options.store_uri.empty()) {
+    return InvalidArgumentError(
+        "--store is managed mode's cluster store; in user-managed mode (--kms) the wrapped DEKs "
+        "live in --storage");
+  }
+  if (!options.master_secret.empty()) {
+    return InvalidArgumentError(
+        "--master-secret is for managed mode; user-managed mode (--kms) has no master secret");
+  }
+  return absl::OkStatus();
+}
+
+// Front is what both modes serve through: the gRPC server with kms.API and grpc.health.v1,
+// and the optional Prometheus endpoint.
+struct Front {
+  HealthBridge health;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  httplib::Server metrics_server;
+  std::thread metrics_thread;
+  bool metrics_on = false;
+
+  // Start listens on options.listen (TLS as configured) and, when asked, on the metrics address.
+  absl::Status Start(const ServeOptions& options,
+                     std::shared_ptr<grpc::ServerCredentials> credentials, KmsService& service,
+                     const std::optional<std::pair<std::string, int>>& metrics_address,
+                     Metrics& metrics, bool serving) {
+    grpc::ServerBuilder builder;
+    // Security: without this, gRPC sets SO_REUSEPORT and a second process could bind the same
+    // port and receive a share of the key requests.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.AddListeningPort(options.listen, credentials, &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    if (server == nullptr || port == 0) {
+      return UnavailableError("cannot listen on {} (address in use or invalid)", options.listen);
+    }
+    health.Attach(server->GetHealthCheckService(), serving);
+    if (!metrics_address) return absl::OkStatus();
+    // Security: cpp-httplib's default socket options include SO_REUSEPORT, which would let
+    // another process bind the same port; only SO_REUSEADDR (restart after TIME_WAIT) here.
+    metrics_server.set_socket_options([](int sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
+    metrics_server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics.Render(), "text/plain; version=0.0.4");
+    });
+    if (!metrics_server.bind_to_port(metrics_address->first.c_str(), metrics_address->second)) {
+      Stop(std::chrono::milliseconds(0));
+      return UnavailableError("cannot listen for metrics on {}", options.metrics_listen);
+    }
+    metrics_on = true;
+    metrics_thread = std::thread([this] { metrics_server.listen_after_bind(); });
+    return absl::OkStatus();
+  }
+
+  // Bound is "host:port" as listening (the port resolved when 0 was asked for).
+  std::string Bound(const ServeOptions& options) const {
+    return fmt::format("{}:{}", options.listen.substr(0, options.listen.rfind(':')), port);
+  }
+
+  // ~Front stops what an early return left running.
+  ~Front() { Stop(std::chrono::milliseconds(0)); }
+
+  // Stop reports NOT_SERVING, lets in-flight calls finish (at most `drain`), and stops all.
+  // Idempotent.
+  void Stop(std::chrono::milliseconds drain) {
+    health.Set(false);
+    if (server != nullptr) {
+      server->Shutdown(std::chrono::system_clock::now() + drain);
+      server->Wait();
+    }
+    health.Shutdown();  // the health service belongs to the server: before it goes
+    server.reset();
+    if (metrics_on) {
+      metrics_server.stop();
+      metrics_thread.join();
+      metrics_on = false;
+    }
+  }
+};
+
 void HardenProcess() {
   // Security: no core dumps, no ptrace attach by other processes of the same user.
   (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   rlimit no_core{0, 0};
   (void)setrlimit(RLIMIT_CORE, &no_core);
+}
+
+// RunUserManaged serves kms.API from a KEK provider and a DEK store (RunKeyService's
+// user-managed mode); the stop signals are already blocked.
+absl::Status RunUserManaged(const ServeOptions& options, const Logger& log,
+                            std::shared_ptr<grpc::ServerCredentials> credentials,
+                            std::optional<std::pair<std::string, int>> metrics_address,
+                            const sigset_t& stop_signals) {
+  RETURN_IF_ERROR(CheckUserManagedOptions(options));
+  byok::RemoteOptions remote;
+  remote.timeout = options.store_timeout;
+  absl::StatusOr<std::unique_ptr<byok::KekProvider>> provider =
+      byok::OpenKekProvider(options.kms_uri, remote);
+  if (!provider.ok()) {
+    return absl::Status(provider.status().code(),
+                        internal::ToAbsl(fmt::format("cannot open the KEK provider {}: {}",
+                                                     byok::RedactUri(options.kms_uri),
+                                                     StatusMessage(provider.status()))));
+  }
+  const std::string kek_id = (*provider)->kek_id();
+  absl::StatusOr<std::unique_ptr<byok::DekStore>> store =
+      byok::OpenDekStore(options.storage_uri, remote);
+  if (!store.ok()) {
+    return absl::Status(store.status().code(),
+                        internal::ToAbsl(fmt::format("cannot open the DEK store {}: {}",
+                                                     byok::RedactUri(options.storage_uri),
+                                                     StatusMessage(store.status()))));
+  }
+  const fs::path audit_path =
+      options.audit_log.empty() ? options.dir / "audit.log" : options.audit_log;
+  std::error_code ec;
+  if (options.audit_log.empty() && !fs::is_directory(options.dir)) {
+    fs::create_directories(options.dir, ec);
+    if (!ec) fs::permissions(options.dir, fs::perms::owner_all, ec);
+    if (ec) {
+      return FailedPreconditionError("cannot create {} for the audit log: {}", options.dir.string(),
+                                     ec.message());
+    }
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<AuditLog> audit, AuditLog::Open(audit_path));
+  byok::UserManagedOptions keys_options;
+  keys_options.cache_entries = options.dek_cache_entries;
+  keys_options.cache_ttl = options.dek_cache_ttl;
+  keys_options.audit = audit.get();
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<byok::UserManagedKeys> keys,
+      byok::UserManagedKeys::New(std::move(*provider), std::move(*store), keys_options));
+
+  // keywarden_store_up is managed mode's KEK confirmation; here requests and their codes tell.
+  Metrics metrics;
+  grpc::EnableDefaultHealthCheckService(true);
+  KmsService kms_service(
+      [user_keys = keys.get()](std::string_view id,
+                               uint64_t length) -> absl::StatusOr<SecretBytes> {
+        if (length > byok::kMaxDekSize) {
+          return InvalidArgumentError("length must be 1 to {}, not {}", byok::kMaxDekSize, length);
+        }
+        return user_keys->GetDataKey(id, static_cast<size_t>(length));
+      },
+      &metrics);
+  Front front;
+  RETURN_IF_ERROR(front.Start(options, std::move(credentials), kms_service, metrics_address,
+                              metrics, /*serving=*/true));
+  const std::string bound = front.Bound(options);
+  const std::string cache = options.dek_cache_entries == 0 || options.dek_cache_ttl.count() == 0
+                                ? "off"
+                                : fmt::format("{} entries, {} s", options.dek_cache_entries,
+                                              options.dek_cache_ttl.count() / 1000.0);
+  log.Info("serving kms.API (user-managed keys)",
+           {{"listen", bound},
+            {"tls", options.tls_cert.empty()        ? "off"
+                    : options.tls_client_ca.empty() ? "server"
+                                                    : "mutual"},
+            {"kms", byok::RedactUri(options.kms_uri)},
+            {"kek_id", kek_id},
+            {"storage", byok::RedactUri(options.storage_uri)},
+            {"dek_cache", cache},
+            {"audit_log", audit_path.string()},
+            {"metrics", options.metrics_listen.empty() ? "off" : options.metrics_listen}});
+  fmt::print("listening on {}\n", bound);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  log.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  front.Stop(options.drain_timeout);
+  keys.reset();
+  audit.reset();
+  log.Info("stopped");
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -286,6 +478,11 @@ absl::Status RunKeyService(const ServeOptions& options) {
   std::optional<std::pair<std::string, int>> metrics_address;
   if (!options.metrics_listen.empty()) {
     ASSIGN_OR_RETURN(metrics_address, SplitHostPort(options.metrics_listen));
+  }
+
+  if (!options.kms_uri.empty() || !options.storage_uri.empty()) {
+    return RunUserManaged(options, log, std::move(credentials), std::move(metrics_address),
+                          stop_signals);
   }
 
   ASSIGN_OR_RETURN(std::optional<JoinSetup> join_setup, ReadJoinSetup(options));
@@ -312,7 +509,8 @@ absl::Status RunKeyService(const ServeOptions& options) {
   if (!record.ok()) return record.status();
 
   Metrics metrics;
-  HealthBridge health;
+  Front front;
+  HealthBridge& health = front.health;
   KeyService::Options service_options;
   service_options.check_interval = options.store_check_interval;
   service_options.stale_after = options.store_stale_after;
@@ -335,41 +533,14 @@ absl::Status RunKeyService(const ServeOptions& options) {
                    KeyService::Start(std::move(*store), std::move(*record), service_options));
 
   grpc::EnableDefaultHealthCheckService(true);
-  KmsService kms_service(keys.get(), &metrics);
-  grpc::ServerBuilder builder;
-  // Security: without this, gRPC sets SO_REUSEPORT and a second process could bind the same
-  // port and receive a share of the key requests.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  int port = 0;
-  builder.AddListeningPort(options.listen, credentials, &port);
-  builder.RegisterService(&kms_service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return UnavailableError("cannot listen on {} (address in use or invalid)", options.listen);
-  }
-  health.Attach(server->GetHealthCheckService(), keys->health() == StoreHealth::kConfirmed);
-
-  httplib::Server metrics_server;
-  std::thread metrics_thread;
-  if (metrics_address) {
-    // Security: cpp-httplib's default socket options include SO_REUSEPORT, which would let
-    // another process bind the same port; only SO_REUSEADDR (restart after TIME_WAIT) here.
-    metrics_server.set_socket_options([](int sock) {
-      int yes = 1;
-      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    });
-    metrics_server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
-      res.set_content(metrics.Render(), "text/plain; version=0.0.4");
-    });
-    if (!metrics_server.bind_to_port(metrics_address->first.c_str(), metrics_address->second)) {
-      server->Shutdown();
-      return UnavailableError("cannot listen for metrics on {}", options.metrics_listen);
-    }
-    metrics_thread = std::thread([&metrics_server] { metrics_server.listen_after_bind(); });
-  }
-
-  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  const std::string bound = fmt::format("{}:{}", host, port);
+  KmsService kms_service(
+      [service = keys.get()](std::string_view id, uint64_t length) {
+        return service->GetDataKey(id, length);
+      },
+      &metrics);
+  RETURN_IF_ERROR(front.Start(options, std::move(credentials), kms_service, metrics_address,
+                              metrics, keys->health() == StoreHealth::kConfirmed));
+  const std::string bound = front.Bound(options);
   log.Info("serving kms.API",
            {{"listen", bound},
             {"tls", options.tls_cert.empty()        ? "off"
@@ -397,12 +568,7 @@ absl::Status RunKeyService(const ServeOptions& options) {
       return absl::OkStatus();
     }();
     if (!started.ok()) {
-      server->Shutdown();
-      server->Wait();
-      if (metrics_address) {
-        metrics_server.stop();
-        metrics_thread.join();
-      }
+      front.Stop(std::chrono::milliseconds(0));
       return absl::Status(started.code(), internal::ToAbsl(fmt::format(
                                               "cannot start the join service on {}: {}",
                                               options.join_listen, StatusMessage(started))));
@@ -421,13 +587,7 @@ absl::Status RunKeyService(const ServeOptions& options) {
   log.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   health.Set(false);
   if (join) join->Shutdown();  // cuts aTLS connections, waits for running ticket calls
-  server->Shutdown(std::chrono::system_clock::now() + options.drain_timeout);
-  server->Wait();
-  health.Shutdown();
-  if (metrics_address) {
-    metrics_server.stop();
-    metrics_thread.join();
-  }
+  front.Stop(options.drain_timeout);
   join.reset();
   audit.reset();
   keys.reset();

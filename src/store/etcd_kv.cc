@@ -37,7 +37,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr std::string_view kRecordKeySuffix = "v1/kek";
 // Pause after every member failed once in a round: first and largest value.
 constexpr milliseconds kFirstRoundPause{50};
 constexpr milliseconds kMaxRoundPause{400};

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -39,6 +40,17 @@ struct ServeOptions {
   std::filesystem::path join_ek_ca;
   // audit_log: the join service's audit log; empty means DIR/audit.log.
   std::filesystem::path audit_log;
+  // User-managed mode (BYOK / HYOK, docs/byok.md): with kms_uri (kms://...) and storage_uri
+  // (storage://...) GetDataKey serves random DEKs that the KEK provider wraps and the DEK store
+  // keeps, instead of DEKs derived from the cluster KEK. The cluster store, master secret and
+  // join service (which needs managed mode's measurement secret) are not used, and giving their
+  // options is an error. audit_log (default DIR/audit.log; DIR is created if missing) records
+  // every wrap/unwrap decision. Unwrapped DEKs are cached: at most dek_cache_entries, each for
+  // at most dek_cache_ttl (0 turns the cache off).
+  std::string kms_uri;
+  std::string storage_uri;
+  size_t dek_cache_entries = 4096;
+  std::chrono::milliseconds dek_cache_ttl{std::chrono::minutes(5)};
   LogFormat log_format = LogFormat::kText;
   std::chrono::milliseconds store_timeout{2000};
   std::chrono::milliseconds store_check_interval{1000};
@@ -52,8 +64,9 @@ struct ServeOptions {
 // prints "listening on HOST:PORT" on stdout, and then, when the join service runs, "join service
 // listening on HOST:PORT"; the join service stops with the gRPC server. Errors before serving
 // (store unreachable, no KEK and no master secret, a master secret of another cluster, a port in
-// use, unreadable TLS, measurements or CA files, an audit log whose chain is broken) are
-// returned with a message that says what to do.
+// use, unreadable TLS, measurements or CA files, an audit log whose chain is broken; in
+// user-managed mode a KEK provider or DEK store that cannot be opened) are returned with a
+// message that says what to do.
 absl::Status RunKeyService(const ServeOptions& options);
 
 struct ClientOptions {
