@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -107,6 +108,15 @@ class StopOnSignals {
   sigset_t set_;
   std::thread thread_;
 };
+
+// PrintListening prints "WHAT listening on HOST:PORT" once a server is up (tests and scripts
+// wait for that line).
+std::function<void(const std::string&)> PrintListening(std::string what) {
+  return [what = std::move(what)](const std::string& where) {
+    fmt::print("{} listening on {}\n", what, where);
+    std::fflush(stdout);
+  };
+}
 
 void QuietTss() {
   // tpm2-tss logs to stderr by default; our errors say what failed.
@@ -353,10 +363,7 @@ int NodeCommands::Flags::RunRecoveryServer() {
   options.port = listen->second;
   options.target = state_disk;
   options.issuer = *issuer;
-  options.on_listening = [](const std::string& where) {
-    fmt::print("recovery server listening on {}\n", where);
-    std::fflush(stdout);
-  };
+  options.on_listening = PrintListening("recovery server");
   options.on_refused = [](const std::string& peer, const absl::Status& status) {
     fmt::print(stderr, "keywarden: refused recovery attempt from {}: {}\n", peer,
                StatusMessage(status));
@@ -383,10 +390,7 @@ int NodeCommands::Flags::RunVerificationServer() {
   options.host = listen->first;
   options.port = listen->second;
   options.issuer = *issuer;
-  options.on_listening = [](const std::string& where) {
-    fmt::print("verification server listening on {}\n", where);
-    std::fflush(stdout);
-  };
+  options.on_listening = PrintListening("verification server");
   const absl::Status status = node::RunVerificationServer(options, stopper);
   return status.ok() ? kExitOk : Fail(status);
 }
