@@ -71,48 +71,6 @@ std::string UniqueToken() {
 
 }  // namespace
 
-// ---- ReservedPort ----
-
-ReservedPort ReservedPort::Reserve() {
-  ReservedPort reserved;
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    ADD_FAILURE() << Errno("socket");
-    return reserved;
-  }
-  reserved.fd_ = fd;
-  const int one = 1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ADD_FAILURE() << Errno("reserving a loopback port");
-    return reserved;
-  }
-  reserved.port_ = ntohs(addr.sin_port);
-  return reserved;
-}
-
-ReservedPort::~ReservedPort() {
-  if (fd_ >= 0) close(fd_);
-}
-
-ReservedPort::ReservedPort(ReservedPort&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), port_(std::exchange(other.port_, 0)) {}
-
-ReservedPort& ReservedPort::operator=(ReservedPort&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) close(fd_);
-    fd_ = std::exchange(other.fd_, -1);
-    port_ = std::exchange(other.port_, 0);
-  }
-  return *this;
-}
-
 // ---- EtcdCluster ----
 
 EtcdCluster::EtcdCluster(EtcdClusterOptions options)

@@ -56,26 +56,6 @@ struct EtcdTlsFiles {
   std::filesystem::path other_client_key;
 };
 
-// ReservedPort holds a loopback TCP port: bound with SO_REUSEADDR, never listening. A
-// connection to it is refused, so it also serves as "an address where nothing listens".
-class ReservedPort {
- public:
-  // Reserve binds 127.0.0.1:0; port() is 0 (and the test has failed) when that fails.
-  static ReservedPort Reserve();
-  ReservedPort() = default;
-  ~ReservedPort();
-  ReservedPort(ReservedPort&& other) noexcept;
-  ReservedPort& operator=(ReservedPort&& other) noexcept;
-  ReservedPort(const ReservedPort&) = delete;
-  ReservedPort& operator=(const ReservedPort&) = delete;
-
-  int port() const { return port_; }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
-
 class EtcdCluster {
  public:
   explicit EtcdCluster(EtcdClusterOptions options = {});

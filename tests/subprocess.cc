@@ -1,10 +1,14 @@
 #include "tests/subprocess.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -17,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <system_error>
+#include <thread>
 #include <tuple>
 
 extern char** environ;
@@ -426,6 +431,270 @@ std::optional<std::string> ReadFile(const fs::path& path) {
     contents.append(buffer.data(), static_cast<size_t>(n));
   }
   return contents;
+}
+
+// ---- Background ----
+
+namespace {
+
+// FindProgram returns `name` if it has a '/', else its first executable match in PATH ("" when
+// none).
+std::string FindProgram(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::string_view rest(path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin");
+  while (!rest.empty()) {
+    const size_t colon = rest.find(':');
+    const std::string dir(rest.substr(0, colon));
+    rest = colon == std::string_view::npos ? "" : rest.substr(colon + 1);
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+std::string DescribeStatus(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "ended";
+}
+
+}  // namespace
+
+Background::~Background() {
+  Kill();
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+}
+
+Background::Background(Background&& other) noexcept
+    : pid_(std::exchange(other.pid_, 0)),
+      group_(other.group_),
+      stdout_fd_(std::exchange(other.stdout_fd_, -1)),
+      stdout_(std::move(other.stdout_)),
+      log_(std::move(other.log_)),
+      exit_status_(other.exit_status_) {}
+
+Background& Background::operator=(Background&& other) noexcept {
+  if (this != &other) {
+    Kill();
+    if (stdout_fd_ >= 0) close(stdout_fd_);
+    pid_ = std::exchange(other.pid_, 0);
+    group_ = other.group_;
+    stdout_fd_ = std::exchange(other.stdout_fd_, -1);
+    stdout_ = std::move(other.stdout_);
+    log_ = std::move(other.log_);
+    exit_status_ = other.exit_status_;
+  }
+  return *this;
+}
+
+::testing::AssertionResult Background::Start(std::vector<std::string> argv,
+                                             const BackgroundOptions& options) {
+  if (pid_ > 0) return ::testing::AssertionFailure() << "already running (pid " << pid_ << ")";
+  if (argv.empty()) return ::testing::AssertionFailure() << "Background::Start: empty argv";
+  const std::string program = FindProgram(argv[0]);
+  if (program.empty()) return ::testing::AssertionFailure() << argv[0] << ": not found in PATH";
+  argv[0] = program;
+  log_ = options.log;
+  group_ = options.own_process_group;
+  stdout_.clear();
+  exit_status_ = -1;
+
+  // Everything the child needs is built before fork(): between fork and exec only
+  // async-signal-safe calls are allowed (the test process may have gRPC threads).
+  std::vector<std::pair<std::string, std::string>> overrides = options.env_overrides;
+  std::vector<std::string> env;
+  for (std::string& entry : BuildEnvironment(overrides)) {
+    const bool dropped = std::any_of(
+        options.env_drop_prefixes.begin(), options.env_drop_prefixes.end(),
+        [&](const std::string& prefix) {
+          return entry.starts_with(prefix) &&
+                 std::none_of(overrides.begin(), overrides.end(),
+                              [&](const auto& kv) { return entry.starts_with(kv.first + "="); });
+        });
+    if (!dropped) env.push_back(std::move(entry));
+  }
+  std::vector<char*> c_argv = CStringArray(argv);
+  std::vector<char*> c_env = CStringArray(env);
+  const std::string dir = options.working_dir.has_value() ? options.working_dir->string() : "";
+
+  Fd null_fd(open("/dev/null", O_RDWR | O_CLOEXEC));
+  Fd log_fd(options.log.empty()
+                ? open("/dev/null", O_WRONLY | O_CLOEXEC)
+                : open(options.log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!null_fd.valid() || !log_fd.valid()) {
+    return ::testing::AssertionFailure() << ErrnoMessage("opening " + options.log.string(), errno);
+  }
+  int out_pipe[2] = {-1, -1};
+  if (options.capture_stdout && pipe2(out_pipe, O_CLOEXEC) != 0) {
+    return ::testing::AssertionFailure() << ErrnoMessage("pipe", errno);
+  }
+  Fd out_read(out_pipe[0]), out_write(out_pipe[1]);
+  const int stdout_target = options.capture_stdout ? out_write.get() : log_fd.get();
+
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    if (options.own_process_group && setpgid(0, 0) != 0) _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGPIPE, SIG_DFL);
+    if (dup2(null_fd.get(), 0) < 0 || dup2(stdout_target, 1) < 0 || dup2(log_fd.get(), 2) < 0) {
+      _exit(127);
+    }
+    if (!dir.empty() && chdir(dir.c_str()) != 0) _exit(127);
+    execve(c_argv[0], c_argv.data(), c_env.data());
+    _exit(127);
+  }
+  if (pid < 0) return ::testing::AssertionFailure() << ErrnoMessage("fork", errno);
+  pid_ = pid;
+  if (options.capture_stdout) {
+    if (stdout_fd_ >= 0) close(stdout_fd_);
+    stdout_fd_ = std::exchange(out_pipe[0], -1);
+    out_read = Fd();  // ownership moved to stdout_fd_
+  }
+  return ::testing::AssertionSuccess();
+}
+
+bool Background::Running(std::string* how) {
+  if (pid_ <= 0) {
+    if (how != nullptr) *how = exit_status_ >= 0 ? DescribeStatus(exit_status_) : "not started";
+    return false;
+  }
+  int status = 0;
+  const pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == 0) return true;
+  if (r == pid_) exit_status_ = status;
+  if (how != nullptr) *how = r == pid_ ? DescribeStatus(status) : ErrnoMessage("waitpid", errno);
+  pid_ = 0;
+  return false;
+}
+
+void Background::Signal(int sig) {
+  if (pid_ <= 0) return;
+  if (group_) {
+    kill(-pid_, sig);
+  } else {
+    kill(pid_, sig);
+  }
+}
+
+void Background::Kill() {
+  if (pid_ <= 0) return;
+  Signal(SIGKILL);
+  int status = 0;
+  if (waitpid(pid_, &status, 0) == pid_) exit_status_ = status;
+  pid_ = 0;
+}
+
+int Background::Wait(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (Running()) {
+    if (std::chrono::steady_clock::now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return exit_status_ >= 0 && WIFEXITED(exit_status_) ? WEXITSTATUS(exit_status_) : -1;
+}
+
+std::optional<std::string> Background::WaitLine(std::string_view prefix,
+                                                std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    size_t start = 0;
+    for (size_t eol; (eol = stdout_.find('\n', start)) != std::string::npos; start = eol + 1) {
+      const std::string_view line(stdout_.data() + start, eol - start);
+      if (line.starts_with(prefix)) return std::string(line.substr(prefix.size()));
+    }
+    if (stdout_fd_ < 0 || std::chrono::steady_clock::now() > deadline) return std::nullopt;
+    pollfd p{stdout_fd_, POLLIN, 0};
+    if (poll(&p, 1, 50) > 0) {
+      char chunk[4096];
+      const ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        close(stdout_fd_);
+        stdout_fd_ = -1;
+        continue;
+      }
+      stdout_.append(chunk, static_cast<size_t>(n));
+    }
+  }
+}
+
+std::string Background::Log() const { return log_.empty() ? "" : ReadFile(log_).value_or(""); }
+
+bool PortAccepts(int port) {
+  Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  return connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+}
+
+::testing::AssertionResult WaitForPort(Background& process, int port, std::string_view name,
+                                       std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!PortAccepts(port)) {
+    std::string how;
+    if (!process.Running(&how)) {
+      return ::testing::AssertionFailure() << name << " " << how << "; log:\n" << process.Log();
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      process.Kill();
+      return ::testing::AssertionFailure()
+             << name << " did not listen on port " << port << " within "
+             << std::chrono::duration_cast<std::chrono::seconds>(timeout).count() << " s; log:\n"
+             << process.Log();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// ---- ReservedPort ----
+
+ReservedPort ReservedPort::Reserve() {
+  ReservedPort reserved;
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    ADD_FAILURE() << ErrnoMessage("socket", errno);
+    return reserved;
+  }
+  reserved.fd_ = fd;
+  const int one = 1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ADD_FAILURE() << ErrnoMessage("reserving a loopback port", errno);
+    return reserved;
+  }
+  reserved.port_ = ntohs(addr.sin_port);
+  return reserved;
+}
+
+ReservedPort::~ReservedPort() {
+  if (fd_ >= 0) close(fd_);
+}
+
+ReservedPort::ReservedPort(ReservedPort&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), port_(std::exchange(other.port_, 0)) {}
+
+ReservedPort& ReservedPort::operator=(ReservedPort&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    port_ = std::exchange(other.port_, 0);
+  }
+  return *this;
 }
 
 }  // namespace keywarden::testing

@@ -13,6 +13,7 @@
 // keywarden::testing::Run.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -113,5 +114,101 @@ class TempDir {
 
 // ReadFile returns the contents of `path`, or nullopt if it cannot be read.
 std::optional<std::string> ReadFile(const std::filesystem::path& path);
+
+// ---- Long-running peers (servers the tests start and stop) ----
+
+// BackgroundOptions choose how Background::Start runs a program.
+struct BackgroundOptions {
+  // log receives the program's standard error, and its standard output unless
+  // capture_stdout is set; appended to, created with mode 0600. Empty: /dev/null.
+  std::filesystem::path log;
+  // capture_stdout sends standard output to a pipe that WaitLine reads.
+  bool capture_stdout = false;
+  // own_process_group puts the program in a new process group that Kill signals as a whole
+  // (for programs that fork helpers, such as PyKMIP).
+  bool own_process_group = false;
+  // env_overrides are NAME=VALUE pairs set in the environment; variables whose names start
+  // with one of env_drop_prefixes are removed from the copy of the caller's environment.
+  std::vector<std::pair<std::string, std::string>> env_overrides;
+  std::vector<std::string> env_drop_prefixes;
+  std::optional<std::filesystem::path> working_dir;
+};
+
+// Background is one program running beside the test (a server, an agent): started with fork and
+// exec (argv[0] looked up in PATH if it has no '/'), standard input /dev/null, with
+// PR_SET_PDEATHSIG=SIGKILL so that a crashing test takes it along. Kill() and the destructor
+// end it with SIGKILL, by PID (or process group), and reap it. Move-only; not thread-safe.
+// PR_SET_PDEATHSIG fires when the starting thread ends: start peers from the test's main thread.
+class Background {
+ public:
+  Background() = default;
+  ~Background();
+  Background(Background&& other) noexcept;
+  Background& operator=(Background&& other) noexcept;
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+
+  // Start runs `argv`; the failure says why (a program that is not found, fork, the log).
+  ::testing::AssertionResult Start(std::vector<std::string> argv,
+                                   const BackgroundOptions& options = {});
+  // Running reaps the program if it ended and says whether it still runs; when it ended,
+  // `how` (if given) receives "exited with status N" or "killed by signal N".
+  bool Running(std::string* how = nullptr);
+  // Signal sends `sig` (to the group with own_process_group); no effect once reaped.
+  void Signal(int sig);
+  // Kill sends SIGKILL and reaps the program; a no-op when it is not running.
+  void Kill();
+  // Wait waits up to `timeout` for the program to end by itself and returns its exit status,
+  // or -1 on timeout (the program keeps running) or when a signal ended it.
+  int Wait(std::chrono::milliseconds timeout);
+  // WaitLine (capture_stdout only) returns what follows `prefix` on the first standard-output
+  // line that starts with it, or nullopt when the program closes its output or `timeout`
+  // passes first.
+  std::optional<std::string> WaitLine(std::string_view prefix, std::chrono::milliseconds timeout);
+  // Stdout returns the captured standard output read so far.
+  const std::string& Stdout() const { return stdout_; }
+  // Log returns the log file's contents ("" when there is none).
+  std::string Log() const;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = 0;
+  bool group_ = false;
+  int stdout_fd_ = -1;
+  std::string stdout_;
+  std::filesystem::path log_;
+  int exit_status_ = -1;
+};
+
+// PortAccepts says whether a TCP connection to 127.0.0.1:`port` succeeds.
+bool PortAccepts(int port);
+
+// WaitForPort waits until 127.0.0.1:`port` accepts connections, failing early (with the
+// program's log) when `process` ends, and after `timeout` (killing it).
+::testing::AssertionResult WaitForPort(Background& process, int port, std::string_view name,
+                                       std::chrono::milliseconds timeout);
+
+// ReservedPort holds a loopback TCP port: bound with SO_REUSEADDR, never listening. The kernel
+// hands the port to no other bind(0) or outgoing connection while it is held, and a peer that
+// also sets SO_REUSEADDR (etcd, werkzeug, node) can still bind it, so a killed peer restarts on
+// the same port and parallel tests never collide. A connection to it is refused, so it also
+// serves as "an address where nothing listens".
+class ReservedPort {
+ public:
+  // Reserve binds 127.0.0.1:0; port() is 0 (and the test has failed) when that fails.
+  static ReservedPort Reserve();
+  ReservedPort() = default;
+  ~ReservedPort();
+  ReservedPort(ReservedPort&& other) noexcept;
+  ReservedPort& operator=(ReservedPort&& other) noexcept;
+  ReservedPort(const ReservedPort&) = delete;
+  ReservedPort& operator=(const ReservedPort&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
 
 }  // namespace keywarden::testing

@@ -19,6 +19,12 @@
 #if defined(KEYWARDEN_HAVE_AZURE)
 #include "keywarden/byok/azure.h"
 #endif
+#if defined(KEYWARDEN_HAVE_AZUREKV)
+#include "keywarden/byok/azure_kv.h"
+#endif
+#if defined(KEYWARDEN_HAVE_GCP)
+#include "keywarden/byok/gcp.h"
+#endif
 
 namespace keywarden::byok {
 
@@ -39,6 +45,12 @@ void RegisterAllProviders() {
 #endif
 #if defined(KEYWARDEN_HAVE_AZURE)
     RegisterAzure();
+#endif
+#if defined(KEYWARDEN_HAVE_AZUREKV)
+    RegisterAzureKeyVault();
+#endif
+#if defined(KEYWARDEN_HAVE_GCP)
+    RegisterGcp();
 #endif
   });
 }
