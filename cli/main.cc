@@ -165,6 +165,10 @@ int main(int argc, char** argv) {
   serve->add_option("--kms", serve_options.kms_uri,
                     "user-managed mode (docs/byok.md): the KEK provider, e.g. "
                     "kms://pkcs11?module=PATH&token=LABEL&pin=PIN&key=LABEL; with --storage");
+  serve->add_option("--kms-previous", serve_options.previous_kms_uris,
+                    "user-managed mode, during a KEK rotation: a KEK that stored DEKs may still "
+                    "be wrapped under (repeatable); they unwrap there, new DEKs are wrapped under "
+                    "--kms. Drop it once `keywarden kek rotate` has finished.");
   serve->add_option("--storage", serve_options.storage_uri,
                     "user-managed mode: the DEK store, e.g. storage://sqlite?path=FILE");
   serve

@@ -286,6 +286,106 @@ TEST_F(UserManagedServe, TwoReplicasRacingFirstRequestsGetOneDekPerId) {
   }
 }
 
+// A KEK rotation while the service keeps answering: `serve --kms NEW --kms-previous OLD` serves
+// every DEK, under whichever KEK its blob is at that moment, while `keywarden kek rotate` moves
+// them; no answer changes, and new ids made during the rotation are wrapped under NEW.
+TEST_F(UserManagedServe, ServesEveryDekUnchangedWhileAKekRotationRuns) {
+  constexpr int kIds = 150;
+  std::vector<std::string> keys(kIds);
+  {
+    auto serve = Serve("old");
+    KmsClient client(serve->endpoint());
+    for (int i = 0; i < kIds; ++i) {
+      const CallResult r = client.GetDataKey(fmt::format("vol-{}", i), 32);
+      ASSERT_TRUE(r.ok()) << r.message;
+      keys[i] = r.key;
+    }
+  }
+  ASSERT_TRUE(hsm_.CreateAesKey("new").ok());
+  const std::string new_kms = hsm_.KmsUri("new");
+
+  // Without --kms-previous, a DEK still under the old KEK is refused, naming that KEK.
+  {
+    std::vector<std::string> args = {"--kms",   new_kms, "--storage",
+                                     storage(), "--dir", (dir_ / "new-only").string()};
+    ServiceProcess serve(args, dir_ / "new-only.stderr");
+    ASSERT_TRUE(serve.Start()) << serve.stderr_text();
+    const CallResult r = KmsClient(serve.endpoint()).GetDataKey("vol-0", 32);
+    EXPECT_EQ(r.code, grpc::StatusCode::FAILED_PRECONDITION) << r.message;
+    EXPECT_THAT(r.message, HasSubstr("pkcs11:kw/kek"));
+  }
+
+  std::vector<std::string> args = {"--kms",
+                                   new_kms,
+                                   "--kms-previous",
+                                   kms(),
+                                   "--storage",
+                                   storage(),
+                                   "--dir",
+                                   (dir_ / "both").string(),
+                                   "--dek-cache-entries",
+                                   "0"};
+  ServiceProcess serve(args, dir_ / "both.stderr");
+  ASSERT_TRUE(serve.Start()) << serve.stderr_text();
+  std::atomic<bool> rotating{true};
+  std::atomic<int> answers{0}, wrong{0}, failed{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      KmsClient client(serve.endpoint());
+      // Round and round the ids until the rotation has ended, then one more request.
+      for (int n = t;; n += 3) {
+        const bool last = !rotating.load();
+        const int i = n % kIds;
+        const CallResult r = client.GetDataKey(fmt::format("vol-{}", i), 32);
+        if (!r.ok()) {
+          ++failed;
+          ADD_FAILURE() << r.message;
+        } else if (r.key != keys[i]) {
+          ++wrong;
+        }
+        ++answers;
+        if (last) break;
+      }
+    });
+  }
+  // A new id made during the rotation.
+  const CallResult fresh = KmsClient(serve.endpoint()).GetDataKey("made-during-rotation", 32);
+  ASSERT_TRUE(fresh.ok()) << fresh.message;
+  const RunResult rotated = keywarden::testing::Run(
+      {KEYWARDEN_BINARY, "kek", "rotate", "--kms", kms(), "--to", new_kms, "--storage", storage()});
+  rotating = false;
+  for (auto& reader : readers) reader.join();
+  ASSERT_TRUE(rotated.ok()) << rotated;
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(wrong.load(), 0) << "a DEK changed during the rotation";
+  EXPECT_GT(answers.load(), kIds);
+
+  // Every blob is under the new KEK now, the fresh one from the start.
+  auto store = byok::NewSqliteDekStore(db().string()).value();
+  for (const std::string& id : Rows(db())) {
+    auto entry = store->Get(id).value();
+    ASSERT_TRUE(entry.has_value());
+    EXPECT_EQ(byok::DecodeWrappedDek(entry->blob).value().kek_id, "pkcs11:kw/new") << id;
+  }
+  // The audit log says which KEK each unwrap used.
+  const std::string audit = ReadFile(dir_ / "both" / "audit.log").value_or("");
+  EXPECT_THAT(audit, HasSubstr("unwrapped under the previous KEK pkcs11:kw/kek"));
+  EXPECT_THAT(audit, HasSubstr("wrapped a new 32-byte DEK under KEK pkcs11:kw/new"));
+  EXPECT_EQ(serve.Stop(), 0) << serve.stderr_text();
+
+  // After the rotation the old KEK is no longer needed: the same keys from NEW alone.
+  std::vector<std::string> after_args = {"--kms",   new_kms, "--storage",
+                                         storage(), "--dir", (dir_ / "after").string()};
+  ServiceProcess after(after_args, dir_ / "after.stderr");
+  ASSERT_TRUE(after.Start()) << after.stderr_text();
+  KmsClient client(after.endpoint());
+  for (int i = 0; i < kIds; i += 5) {
+    EXPECT_EQ(client.GetDataKey(fmt::format("vol-{}", i), 32).key, keys[i]) << i;
+  }
+  EXPECT_EQ(client.GetDataKey("made-during-rotation", 32).key, fresh.key);
+}
+
 TEST_F(UserManagedServe, ProviderDownAtStartIsAClearErrorAndCreatesNothing) {
   const std::string pin = "87654321";
   for (const std::string& uri :

@@ -536,6 +536,48 @@ TEST(UserManagedKeys, TamperedOrSwappedBlobIsRefused) {
   EXPECT_EQ(f.keys->GetDataKey("a", 32).status().code(), absl::StatusCode::kDataLoss);
 }
 
+TEST(UserManagedKeys, PreviousKekUnwrapsOldBlobsWhileNewDeksUseTheCurrentOne) {
+  // Blobs made under the old KEK ("a") and one under a KEK the service does not know ("x").
+  const auto old_key = KwpProvider::NewKey();
+  const auto new_key = KwpProvider::NewKey();
+  const auto unknown_key = KwpProvider::NewKey();
+  auto old_provider = std::make_unique<KwpProvider>("test:old", old_key);
+  const SecretBytes dek_a = crypto::RandomSecret(32).value();
+  auto store = std::make_unique<MemoryStore>();
+  store->Set("a", WrapDek(*old_provider, "a", dek_a).value());
+  KwpProvider unknown("test:unknown", unknown_key);
+  store->Set("x", WrapDek(unknown, "x", dek_a).value());
+  MemoryStore* raw_store = store.get();
+
+  std::vector<std::unique_ptr<KekProvider>> previous;
+  previous.push_back(std::move(old_provider));
+  auto keys = UserManagedKeys::New(std::make_unique<KwpProvider>("test:new", new_key),
+                                   std::move(store), Options(0), std::move(previous))
+                  .value();
+  EXPECT_THAT(keys->Describe(), HasSubstr("previous KEK test:old"));
+  // The old blob unwraps at the previous KEK, to the same DEK.
+  EXPECT_EQ(Str(keys->GetDataKey("a", 32).value()), Str(dek_a));
+  // A new id is wrapped under the current KEK.
+  ASSERT_TRUE(keys->GetDataKey("b", 32).ok());
+  EXPECT_EQ(DecodeWrappedDek(raw_store->Get("b").value()->blob).value().kek_id, "test:new");
+  // Rewrapped under the new KEK (what `kek rotate` does), "a" still gives the same DEK.
+  KwpProvider new_provider("test:new", new_key);
+  raw_store->Set("a", WrapDek(new_provider, "a", dek_a).value());
+  EXPECT_EQ(Str(keys->GetDataKey("a", 32).value()), Str(dek_a));
+  // A blob under a KEK that is neither is refused, naming the KEKs.
+  auto x = keys->GetDataKey("x", 32);
+  EXPECT_EQ(x.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Message(x.status()), HasSubstr("test:unknown"));
+  // The current KEK cannot also be a previous one.
+  std::vector<std::unique_ptr<KekProvider>> same;
+  same.push_back(std::make_unique<KwpProvider>("test:new", new_key));
+  EXPECT_EQ(UserManagedKeys::New(std::make_unique<KwpProvider>("test:new", new_key),
+                                 std::make_unique<MemoryStore>(), {}, std::move(same))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(UserManagedKeys, CacheIsBoundedAndExpires) {
   Fixture none(Options(0));
   ASSERT_TRUE(none.keys->GetDataKey("a", 32).ok());

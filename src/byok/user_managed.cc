@@ -69,8 +69,10 @@ class DekCache {
 class UserManagedKeysImpl : public UserManagedKeys {
  public:
   UserManagedKeysImpl(std::unique_ptr<KekProvider> provider, std::unique_ptr<DekStore> store,
-                      UserManagedOptions options)
+                      UserManagedOptions options,
+                      std::vector<std::unique_ptr<KekProvider>> previous)
       : provider_(std::move(provider)),
+        previous_(std::move(previous)),
         store_(std::move(store)),
         audit_(options.audit),
         cache_(options.cache_entries, options.cache_ttl) {}
@@ -116,23 +118,41 @@ class UserManagedKeysImpl : public UserManagedKeys {
   }
 
   std::string Describe() const override {
-    return fmt::format("user-managed keys: KEK {} ({}), DEK store {}", provider_->kek_id(),
-                       provider_->Describe(), store_->Describe());
+    std::string previous;
+    for (const auto& p : previous_) previous += fmt::format(", previous KEK {}", p->kek_id());
+    return fmt::format("user-managed keys: KEK {} ({}){}, DEK store {}", provider_->kek_id(),
+                       provider_->Describe(), previous, store_->Describe());
   }
 
  private:
   absl::StatusOr<SecretBytes> UnwrapStored(std::string_view id, std::span<const uint8_t> blob,
                                            size_t length) {
-    absl::StatusOr<SecretBytes> dek = UnwrapDek(*provider_, id, blob);
+    KekProvider& provider = ProviderFor(blob);
+    absl::StatusOr<SecretBytes> dek = UnwrapDek(provider, id, blob);
     if (!dek.ok()) {
       RETURN_IF_ERROR(Audit("unwrap", id, false, StatusMessage(dek.status())));
       return dek.status();
     }
     RETURN_IF_ERROR(
-        Audit("unwrap", id, true, fmt::format("unwrapped under KEK {}", provider_->kek_id())));
+        Audit("unwrap", id, true,
+              fmt::format("unwrapped under {}KEK {}",
+                          &provider == provider_.get() ? "" : "the previous ", provider.kek_id())));
     cache_.Put(id, *dek);
     RETURN_IF_ERROR(CheckLength(id, *dek, length));
     return dek;
+  }
+
+  // ProviderFor returns the previous provider whose KEK the blob names, else the current one
+  // (whose UnwrapDek then reports a malformed blob or a KEK mismatch).
+  KekProvider& ProviderFor(std::span<const uint8_t> blob) const {
+    if (previous_.empty()) return *provider_;
+    const absl::StatusOr<WrappedDek> decoded = DecodeWrappedDek(blob);
+    if (decoded.ok() && decoded->kek_id != provider_->kek_id()) {
+      for (const auto& p : previous_) {
+        if (p->kek_id() == decoded->kek_id) return *p;
+      }
+    }
+    return *provider_;
   }
 
   static absl::Status CheckLength(std::string_view id, const SecretBytes& dek, size_t length) {
@@ -164,6 +184,7 @@ class UserManagedKeysImpl : public UserManagedKeys {
   }
 
   const std::unique_ptr<KekProvider> provider_;
+  const std::vector<std::unique_ptr<KekProvider>> previous_;
   const std::unique_ptr<DekStore> store_;
   service::AuditLog* const audit_;
   DekCache cache_;
@@ -173,12 +194,18 @@ class UserManagedKeysImpl : public UserManagedKeys {
 
 absl::StatusOr<std::unique_ptr<UserManagedKeys>> UserManagedKeys::New(
     std::unique_ptr<KekProvider> provider, std::unique_ptr<DekStore> store,
-    UserManagedOptions options) {
+    UserManagedOptions options, std::vector<std::unique_ptr<KekProvider>> previous) {
   if (provider == nullptr || store == nullptr) {
     return InvalidArgumentError("user-managed keys need a KEK provider and a DEK store");
   }
+  for (const auto& p : previous) {
+    if (p == nullptr) return InvalidArgumentError("a previous KEK provider is null");
+    if (p->kek_id() == provider->kek_id()) {
+      return InvalidArgumentError("the previous KEK {} is the current KEK", p->kek_id());
+    }
+  }
   return std::unique_ptr<UserManagedKeys>(
-      new UserManagedKeysImpl(std::move(provider), std::move(store), options));
+      new UserManagedKeysImpl(std::move(provider), std::move(store), options, std::move(previous)));
 }
 
 }  // namespace keywarden::byok

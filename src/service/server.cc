@@ -1,5 +1,6 @@
 #include "keywarden/service/server.h"
 
+#include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/proto_buffer_reader.h>
@@ -390,6 +391,19 @@ absl::Status RunUserManaged(const ServeOptions& options, const Logger& log,
                                                      StatusMessage(provider.status()))));
   }
   const std::string kek_id = (*provider)->kek_id();
+  std::vector<std::unique_ptr<byok::KekProvider>> previous;
+  std::vector<std::string> previous_ids;
+  for (const std::string& uri : options.previous_kms_uris) {
+    absl::StatusOr<std::unique_ptr<byok::KekProvider>> opened = byok::OpenKekProvider(uri, remote);
+    if (!opened.ok()) {
+      return absl::Status(
+          opened.status().code(),
+          internal::ToAbsl(fmt::format("cannot open the previous KEK provider {}: {}",
+                                       byok::RedactUri(uri), StatusMessage(opened.status()))));
+    }
+    previous_ids.push_back((*opened)->kek_id());
+    previous.push_back(*std::move(opened));
+  }
   absl::StatusOr<std::unique_ptr<byok::DekStore>> store =
       byok::OpenDekStore(options.storage_uri, remote);
   if (!store.ok()) {
@@ -414,9 +428,9 @@ absl::Status RunUserManaged(const ServeOptions& options, const Logger& log,
   keys_options.cache_entries = options.dek_cache_entries;
   keys_options.cache_ttl = options.dek_cache_ttl;
   keys_options.audit = audit.get();
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<byok::UserManagedKeys> keys,
-      byok::UserManagedKeys::New(std::move(*provider), std::move(*store), keys_options));
+  ASSIGN_OR_RETURN(std::unique_ptr<byok::UserManagedKeys> keys,
+                   byok::UserManagedKeys::New(std::move(*provider), std::move(*store), keys_options,
+                                              std::move(previous)));
 
   // keywarden_store_up is managed mode's KEK confirmation; here requests and their codes tell.
   Metrics metrics;
@@ -445,6 +459,8 @@ absl::Status RunUserManaged(const ServeOptions& options, const Logger& log,
                                                     : "mutual"},
             {"kms", byok::RedactUri(options.kms_uri)},
             {"kek_id", kek_id},
+            {"previous_kek_ids",
+             previous_ids.empty() ? "none" : fmt::format("{}", fmt::join(previous_ids, ","))},
             {"storage", byok::RedactUri(options.storage_uri)},
             {"dek_cache", cache},
             {"audit_log", audit_path.string()},
@@ -480,7 +496,8 @@ absl::Status RunKeyService(const ServeOptions& options) {
     ASSIGN_OR_RETURN(metrics_address, SplitHostPort(options.metrics_listen));
   }
 
-  if (!options.kms_uri.empty() || !options.storage_uri.empty()) {
+  if (!options.kms_uri.empty() || !options.storage_uri.empty() ||
+      !options.previous_kms_uris.empty()) {
     return RunUserManaged(options, log, std::move(credentials), std::move(metrics_address),
                           stop_signals);
   }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "keywarden/byok/byok.h"
@@ -43,11 +44,17 @@ struct UserManagedOptions {
 // length other than the stored DEK's; UNAVAILABLE when the provider or store is unreachable (and
 // then no DEK is created); the provider's PERMISSION_DENIED / the binding checks of UnwrapDek.
 // Thread-safe.
+//
+// During a KEK rotation (`keywarden kek rotate`, which rewraps entry by entry while the service
+// keeps serving) the store holds blobs under both KEKs. `previous` are KEK providers that
+// stored blobs may still be wrapped under: a blob is unwrapped at the provider whose kek_id() it
+// names, among `provider` and `previous`; new DEKs are always wrapped by `provider`. A blob
+// under a KEK that is neither is refused (FAILED_PRECONDITION naming both).
 class UserManagedKeys {
  public:
-  static absl::StatusOr<std::unique_ptr<UserManagedKeys>> New(std::unique_ptr<KekProvider> provider,
-                                                              std::unique_ptr<DekStore> store,
-                                                              UserManagedOptions options = {});
+  static absl::StatusOr<std::unique_ptr<UserManagedKeys>> New(
+      std::unique_ptr<KekProvider> provider, std::unique_ptr<DekStore> store,
+      UserManagedOptions options = {}, std::vector<std::unique_ptr<KekProvider>> previous = {});
   virtual ~UserManagedKeys() = default;
   virtual absl::StatusOr<SecretBytes> GetDataKey(std::string_view id, size_t length) = 0;
   virtual std::string Describe() const = 0;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -49,6 +50,10 @@ struct ServeOptions {
   // at most dek_cache_ttl (0 turns the cache off).
   std::string kms_uri;
   std::string storage_uri;
+  // previous_kms_uris (--kms-previous) are KEKs that stored DEKs may still be wrapped under
+  // while `keywarden kek rotate` moves them to kms_uri: such blobs unwrap at the provider they
+  // name; new DEKs are wrapped under kms_uri only.
+  std::vector<std::string> previous_kms_uris;
   size_t dek_cache_entries = 4096;
   std::chrono::milliseconds dek_cache_ttl{std::chrono::minutes(5)};
   LogFormat log_format = LogFormat::kText;
