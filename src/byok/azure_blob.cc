@@ -1,6 +1,3 @@
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-
 #include <algorithm>
 #include <ctime>
 
@@ -10,6 +7,7 @@
 #include "keywarden/status.h"
 #include "src/byok/http.h"
 #include "src/byok/object_names.h"
+#include "src/byok/xml.h"
 
 namespace keywarden::byok {
 namespace {
@@ -62,63 +60,11 @@ bool ValidName(std::string_view s, size_t max) {
   return true;
 }
 
-std::string XmlText(xmlNode* node) {
-  xmlChar* text = xmlNodeGetContent(node);
-  std::string out = text != nullptr ? reinterpret_cast<const char*>(text) : "";
-  xmlFree(text);
-  return out;
-}
-
-bool IsElement(xmlNode* node, std::string_view name) {
-  return node->type == XML_ELEMENT_NODE &&
-         std::string_view(reinterpret_cast<const char*>(node->name)) == name;
-}
-
-// ErrorCode returns the <Code> of an Azure error body, or "".
+// ErrorCode returns the error code of an Azure answer (x-ms-error-code, else the body's <Code>).
 std::string ErrorCode(const http::Response& response) {
   std::string code = response.Header("x-ms-error-code");
-  if (!code.empty() || response.body.empty()) return code;
-  xmlDoc* doc =
-      xmlReadMemory(response.body.data(), static_cast<int>(response.body.size()), "error.xml",
-                    nullptr, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-  if (doc == nullptr) return "";
-  xmlNode* root = xmlDocGetRootElement(doc);
-  for (xmlNode* n = root != nullptr ? root->children : nullptr; n != nullptr; n = n->next) {
-    if (IsElement(n, "Code")) code = XmlText(n);
-  }
-  xmlFreeDoc(doc);
-  return code;
-}
-
-struct ListPage {
-  std::vector<std::string> names;
-  std::string next_marker;
-};
-
-absl::StatusOr<ListPage> ParseListPage(std::string_view xml) {
-  xmlDoc* doc = xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "list.xml", nullptr,
-                              XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-  if (doc == nullptr) return UnavailableError("Azure Blob: malformed List Blobs response");
-  xmlNode* root = xmlDocGetRootElement(doc);
-  if (root == nullptr || !IsElement(root, "EnumerationResults")) {
-    xmlFreeDoc(doc);
-    return UnavailableError("Azure Blob: List Blobs response without EnumerationResults");
-  }
-  ListPage page;
-  for (xmlNode* n = root->children; n != nullptr; n = n->next) {
-    if (IsElement(n, "Blobs")) {
-      for (xmlNode* blob = n->children; blob != nullptr; blob = blob->next) {
-        if (!IsElement(blob, "Blob")) continue;
-        for (xmlNode* c = blob->children; c != nullptr; c = c->next) {
-          if (IsElement(c, "Name")) page.names.push_back(XmlText(c));
-        }
-      }
-    } else if (IsElement(n, "NextMarker")) {
-      page.next_marker = XmlText(n);
-    }
-  }
-  xmlFreeDoc(doc);
-  return page;
+  if (!code.empty()) return code;
+  return xml::ParseError(response.body).code;
 }
 
 class AzureBlobDekStore final : public DekStore {
@@ -189,7 +135,7 @@ class AzureBlobDekStore final : public DekStore {
       if (!marker.empty()) query.emplace_back("marker", marker);
       ASSIGN_OR_RETURN(http::Response response, Send("GET", ContainerPath(), query, {}, {}));
       if (response.status != 200) return Failure("List Blobs", response).status();
-      ASSIGN_OR_RETURN(ListPage page, ParseListPage(response.body));
+      ASSIGN_OR_RETURN(xml::AzureListPage page, xml::ParseAzureListPage(response.body));
       for (const std::string& name : page.names) {
         if (name.compare(0, name_prefix.size(), name_prefix) != 0) continue;
         std::optional<std::string> id = DecodeObjectId(name.substr(name_prefix.size()));

@@ -93,15 +93,15 @@ absl::StatusOr<std::string> PercentDecode(std::string_view text, std::string_vie
   return out;
 }
 
-bool IsSecretParam(std::string_view name) {
+}  // namespace
+
+bool IsSecretUriParam(std::string_view name) {
   static constexpr std::string_view kSecret[] = {
       "pin", "accesskey", "key", "clientsecret", "secretkey", "password", "sessiontoken"};
   std::string lower(name);
   for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return std::find(std::begin(kSecret), std::end(kSecret), lower) != std::end(kSecret);
 }
-
-}  // namespace
 
 std::vector<uint8_t> EncodeWrappedDek(const WrappedDek& dek) {
   std::vector<uint8_t> out(kMagic.begin(), kMagic.end());
@@ -356,7 +356,7 @@ std::string RedactUri(std::string_view uri) {
     const std::string_view name = pair.substr(0, eq);
     // Names are compared after %-decoding, so "p%69n=" is redacted too.
     const absl::StatusOr<std::string> decoded = PercentDecode(name, "");
-    if (eq != std::string_view::npos && (!decoded.ok() || IsSecretParam(*decoded))) {
+    if (eq != std::string_view::npos && (!decoded.ok() || IsSecretUriParam(*decoded))) {
       out += name;
       out += "=***";
     } else {

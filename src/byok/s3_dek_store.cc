@@ -1,9 +1,6 @@
 // S3 DEK store: one object per DEK, conditional writes decide races. S3 API reference:
 // PutObject (If-None-Match, If-Match; "Conditional requests"), GetObject, ListObjectsV2,
 // "Error responses". docs/byok-aws.md.
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-
 #include <algorithm>
 #include <ctime>
 #include <mutex>
@@ -16,6 +13,7 @@
 #include "src/byok/http.h"
 #include "src/byok/object_names.h"
 #include "src/byok/sigv4.h"
+#include "src/byok/xml.h"
 
 namespace keywarden::byok {
 namespace {
@@ -46,68 +44,11 @@ bool ValidRegion(std::string_view region) {
   return true;
 }
 
-// XmlText returns the text of an element, or "".
-std::string XmlText(xmlNode* node) {
-  xmlChar* text = xmlNodeGetContent(node);
-  if (text == nullptr) return "";
-  std::string out(reinterpret_cast<const char*>(text));
-  xmlFree(text);
-  return out;
-}
-
-bool IsElement(xmlNode* node, std::string_view name) {
-  return node->type == XML_ELEMENT_NODE && node->name != nullptr &&
-         name == reinterpret_cast<const char*>(node->name);
-}
-
 // ErrorCode returns an S3 XML error's <Code> and, through `message`, its <Message>.
 std::string ErrorCode(const http::Response& response, std::string* message) {
-  std::string code;
-  if (response.body.empty()) return code;
-  xmlDoc* doc =
-      xmlReadMemory(response.body.data(), static_cast<int>(response.body.size()), "error.xml",
-                    nullptr, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-  if (doc == nullptr) return code;
-  xmlNode* root = xmlDocGetRootElement(doc);
-  for (xmlNode* n = root != nullptr ? root->children : nullptr; n != nullptr; n = n->next) {
-    if (IsElement(n, "Code")) code = XmlText(n);
-    if (IsElement(n, "Message")) *message = XmlText(n);
-  }
-  xmlFreeDoc(doc);
-  return code;
-}
-
-struct ListPage {
-  std::vector<std::string> keys;
-  bool truncated = false;
-  std::string next_token;
-};
-
-// ParseListPage parses a ListObjectsV2 response (ListBucketResult). Entities are not expanded
-// and no network access is made (XML_PARSE_NONET); libxml2 bounds entity amplification itself.
-absl::StatusOr<ListPage> ParseListPage(std::string_view xml) {
-  xmlDoc* doc = xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "list.xml", nullptr,
-                              XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-  if (doc == nullptr) return UnavailableError("S3: malformed ListObjectsV2 response");
-  ListPage page;
-  xmlNode* root = xmlDocGetRootElement(doc);
-  if (root == nullptr || !IsElement(root, "ListBucketResult")) {
-    xmlFreeDoc(doc);
-    return UnavailableError("S3: ListObjectsV2 response without ListBucketResult");
-  }
-  for (xmlNode* n = root->children; n != nullptr; n = n->next) {
-    if (IsElement(n, "Contents")) {
-      for (xmlNode* c = n->children; c != nullptr; c = c->next) {
-        if (IsElement(c, "Key")) page.keys.push_back(XmlText(c));
-      }
-    } else if (IsElement(n, "IsTruncated")) {
-      page.truncated = XmlText(n) == "true";
-    } else if (IsElement(n, "NextContinuationToken")) {
-      page.next_token = XmlText(n);
-    }
-  }
-  xmlFreeDoc(doc);
-  return page;
+  xml::ErrorFields fields = xml::ParseError(response.body);
+  *message = std::move(fields.message);
+  return fields.code;
 }
 
 class S3DekStore final : public DekStore {
@@ -208,7 +149,7 @@ class S3DekStore final : public DekStore {
       if (!token.empty()) query.emplace_back("continuation-token", token);
       ASSIGN_OR_RETURN(http::Response response, Call("GET", BucketPath(), query, {}, {}));
       if (response.status != 200) return Failed(response, "ListObjectsV2", "");
-      ASSIGN_OR_RETURN(ListPage page, ParseListPage(response.body));
+      ASSIGN_OR_RETURN(xml::S3ListPage page, xml::ParseS3ListPage(response.body));
       for (const std::string& object_key : page.keys) {
         if (!object_key.starts_with(key_prefix)) continue;
         const std::string_view encoded = std::string_view(object_key).substr(key_prefix.size());
@@ -330,8 +271,6 @@ class S3DekStore final : public DekStore {
   const std::unique_ptr<http::Client> http_;
 };
 
-std::once_flag g_xml_init;
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DekStore>> NewS3DekStore(S3Config config,
@@ -361,7 +300,6 @@ absl::StatusOr<std::unique_ptr<DekStore>> NewS3DekStore(S3Config config,
     return InvalidArgumentError("S3: bad bucket name {}", Printable(config.bucket));
   }
   const bool gcs = endpoint.host == "storage.googleapis.com";
-  std::call_once(g_xml_init, [] { xmlInitParser(); });
   ASSIGN_OR_RETURN(auto client, http::Client::New(options.timeout, 16 << 20, 16 << 10));
   return std::unique_ptr<DekStore>(
       new S3DekStore(std::move(config), std::move(endpoint), virtual_host, gcs, std::move(client)));

@@ -186,5 +186,7 @@ void RegisterSqlite();
 // clientSecret, secretKey, password, sessionToken; names compared without case) replaced by
 // "***", for logs and errors.
 std::string RedactUri(std::string_view uri);
+// IsSecretUriParam says whether RedactUri hides the value of parameter `name` (any case).
+bool IsSecretUriParam(std::string_view name);
 
 }  // namespace keywarden::byok
