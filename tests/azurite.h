@@ -1,10 +1,11 @@
 // Azurite: Microsoft's Azure Storage emulator (npm azurite 3.35.0, installed by
 // scripts/install-deps under /opt/keywarden-test-peers), blob service only, with SharedKey and
-// SAS authorization enforced. One instance per test on a free loopback port; killed in the
-// destructor. Skips (Available() false) when the program is not installed.
+// SAS authorization enforced. One instance per test, a Background on a ReservedPort held for the
+// object's lifetime; killed (SIGKILL, by PID) in Stop and the destructor. Tests skip when
+// Program() is empty (not installed).
 #pragma once
 
-#include <sys/types.h>
+#include <gtest/gtest.h>
 
 #include <filesystem>
 #include <string>
@@ -28,19 +29,19 @@ class Azurite {
   // Program returns azurite-blob's path ($KEYWARDEN_AZURITE_BLOB, else the install-deps
   // location), or "" when absent.
   static std::string Program();
-  // Start launches it and waits until it accepts connections.
-  bool Start();
+  // Start launches it and waits until it accepts connections; the failure says why.
+  ::testing::AssertionResult Start();
   // Stop kills it (SIGKILL) and reaps it.
   void Stop();
   // endpoint is the account's URL: http://127.0.0.1:PORT/devstoreaccount1
   std::string endpoint() const;
-  int port() const { return port_; }
+  int port() const { return port_.port(); }
   std::string log() const;
 
  private:
   TempDir dir_;
-  int port_ = 0;
-  pid_t pid_ = 0;
+  ReservedPort port_;
+  Background server_;
 };
 
 }  // namespace keywarden::testing

@@ -4,12 +4,8 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <fstream>
+#include <chrono>
 #include <map>
 #include <thread>
 
@@ -96,33 +92,21 @@ TEST(KekRotation, AKilledRotationIsFinishedByRerunningAndNoDekChanges) {
   const std::string watched = std::next(deks.begin(), kDeks / 4)->first;
 
   // Start the rotation and SIGKILL it once a quarter of the entries moved.
-  const std::vector<std::string> args{KEYWARDEN_BINARY,
-                                      "kek",
-                                      "rotate",
-                                      "--kms",
-                                      f.hsm.KmsUri("old"),
-                                      "--to",
-                                      f.hsm.KmsUri("new"),
-                                      "--storage",
-                                      f.Storage("deks.db")};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  keywarden::testing::BackgroundOptions options;
+  options.log = f.dir / "rotate.log";
+  keywarden::testing::Background rotation;
+  ASSERT_TRUE(rotation.Start({KEYWARDEN_BINARY, "kek", "rotate", "--kms", f.hsm.KmsUri("old"),
+                              "--to", f.hsm.KmsUri("new"), "--storage", f.Storage("deks.db")},
+                             options));
   const auto deadline = std::chrono::steady_clock::now() + 120s;
   while (Fixture::KekOf(*store, watched) != new_kek->kek_id() &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(2ms);
   }
-  kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFSIGNALED(status)) << "the rotation ended before it could be killed";
+  rotation.Kill();
+  // Wait gives -1 for a program that a signal ended, else its exit status.
+  ASSERT_EQ(rotation.Wait(0ms), -1) << "the rotation ended before it could be killed\n"
+                                    << rotation.Log();
 
   // Halfway: some entries under each KEK, and every one unwraps to its original DEK.
   int under_new = 0;

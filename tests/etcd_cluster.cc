@@ -1,21 +1,11 @@
 #include "tests/etcd_cluster.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
 #include <deque>
-#include <sstream>
+#include <fstream>
 #include <string_view>
 #include <system_error>
 #include <thread>
@@ -23,28 +13,11 @@
 
 #include "etcd.grpc.pb.h"
 
-extern char** environ;
-
 namespace keywarden::testing {
 namespace {
 
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
-
-std::string Errno(std::string_view what) { return std::string(what) + ": " + std::strerror(errno); }
-
-// FindInPath returns the absolute path of an executable named `name` in $PATH, or "".
-std::string FindInPath(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    if (dir.empty()) continue;
-    const fs::path candidate = fs::path(dir) / name;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate.string();
-  }
-  return "";
-}
 
 ::testing::AssertionResult RunOk(std::vector<std::string> argv, const fs::path& dir) {
   RunOptions options;
@@ -91,13 +64,7 @@ EtcdCluster::EtcdCluster(EtcdClusterOptions options)
 }
 
 EtcdCluster::~EtcdCluster() {
-  for (Member& m : members_) {
-    if (m.pid > 0) {
-      kill(m.pid, SIGKILL);
-      waitpid(m.pid, nullptr, 0);
-      m.pid = 0;
-    }
-  }
+  for (Member& m : members_) m.process.Kill();
 }
 
 std::string EtcdCluster::endpoint(size_t i) const {
@@ -125,8 +92,6 @@ std::string EtcdCluster::PeerUrl(size_t i) const {
       return ::testing::AssertionFailure() << "could not reserve loopback ports";
     }
   }
-  etcd_path_ = FindInPath("etcd");
-  if (etcd_path_.empty()) return ::testing::AssertionFailure() << "etcd is not in PATH";
   if (options_.tls) {
     if (auto made = MakeTlsFiles(); !made) return made;
   }
@@ -193,14 +158,14 @@ std::string EtcdCluster::PeerUrl(size_t i) const {
 
 ::testing::AssertionResult EtcdCluster::Spawn(size_t i) {
   Member& m = members_.at(i);
-  if (m.pid > 0) return ::testing::AssertionFailure() << m.name << " already runs";
+  if (m.process.pid() > 0) return ::testing::AssertionFailure() << m.name << " already runs";
 
   std::string initial_cluster;
   for (size_t j = 0; j < members_.size(); ++j) {
     if (!initial_cluster.empty()) initial_cluster += ',';
     initial_cluster += members_[j].name + "=" + PeerUrl(j);
   }
-  std::vector<std::string> args = {etcd_path_,
+  std::vector<std::string> args = {"etcd",
                                    "--name=" + m.name,
                                    "--data-dir=" + m.data_dir.string(),
                                    "--listen-client-urls=" + ClientUrl(i),
@@ -218,78 +183,25 @@ std::string EtcdCluster::PeerUrl(size_t i) const {
     args.push_back("--trusted-ca-file=" + tls_files_.ca_cert.string());
     args.push_back("--client-cert-auth");
   }
-  // Everything the child needs is built before fork(): between fork and exec only
-  // async-signal-safe calls are allowed (this process has gRPC threads).
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string_view var(*e);
-    if (var.starts_with("ETCD_") || var.starts_with("ETCDCTL_")) continue;  // no stray config
-    envp.push_back(*e);
+  // The banner separates the runs of a restarted member in its log.
+  if (std::ofstream log(m.log_file, std::ios::app); log) {
+    log << "=== keywarden test: starting " << m.name << " ===\n";
   }
-  envp.push_back(nullptr);
-
-  const int log_fd = open(m.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (log_fd < 0 || null_fd < 0) {
-    if (log_fd >= 0) close(log_fd);
-    if (null_fd >= 0) close(null_fd);
-    return ::testing::AssertionFailure() << Errno("opening " + m.log_file.string());
-  }
-  const std::string banner = "=== keywarden test: starting " + m.name + " ===\n";
-  if (write(log_fd, banner.data(), banner.size()) < 0) {
-    // Best effort: the banner only helps reading the log.
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    // Child. Die with the test process, even if it crashes.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    if (dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0) _exit(127);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  const int fork_errno = errno;
-  close(log_fd);
-  close(null_fd);
-  if (pid < 0) {
-    errno = fork_errno;
-    return ::testing::AssertionFailure() << Errno("fork");
-  }
-  m.pid = pid;
-  return ::testing::AssertionSuccess();
+  BackgroundOptions background;
+  background.log = m.log_file;
+  background.env_drop_prefixes = {"ETCD_", "ETCDCTL_"};  // no stray configuration
+  return m.process.Start(std::move(args), background);
 }
 
 bool EtcdCluster::Reap(size_t i, std::string* note) {
-  Member& m = members_.at(i);
-  if (m.pid <= 0) return true;
-  int status = 0;
-  const pid_t r = waitpid(m.pid, &status, WNOHANG);
-  if (r == 0) return false;
-  if (r == m.pid) {
-    *note = WIFEXITED(status)     ? "exited with status " + std::to_string(WEXITSTATUS(status))
-            : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-                                  : "ended";
-  } else {
-    *note = Errno("waitpid");
-  }
-  m.pid = 0;
-  return true;
+  return !members_.at(i).process.Running(note);
 }
 
 ::testing::AssertionResult EtcdCluster::KillMember(size_t i) {
   if (i >= members_.size()) return ::testing::AssertionFailure() << "no member " << i;
   Member& m = members_[i];
-  if (m.pid <= 0) return ::testing::AssertionFailure() << m.name << " does not run";
-  if (kill(m.pid, SIGKILL) != 0) return ::testing::AssertionFailure() << Errno("kill");
-  waitpid(m.pid, nullptr, 0);
-  m.pid = 0;
+  if (m.process.pid() <= 0) return ::testing::AssertionFailure() << m.name << " does not run";
+  m.process.Kill();
   return ::testing::AssertionSuccess();
 }
 
@@ -313,7 +225,7 @@ bool EtcdCluster::ServesLinearizableRead(size_t i) const {
   for (;;) {
     bool all = true;
     for (size_t i = 0; i < members_.size(); ++i) {
-      if (members_[i].pid <= 0) continue;
+      if (members_[i].process.pid() <= 0) continue;
       std::string note;
       if (Reap(i, &note)) {
         return ::testing::AssertionFailure()
@@ -336,7 +248,7 @@ int EtcdCluster::LeaderIndex() {
   std::vector<uint64_t> ids(members_.size(), 0);
   std::vector<uint64_t> leaders;
   for (size_t i = 0; i < members_.size(); ++i) {
-    if (members_[i].pid <= 0) continue;
+    if (members_[i].process.pid() <= 0) continue;
     auto stub = etcdserverpb::Maintenance::NewStub(MemberChannel(i));
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
@@ -347,7 +259,9 @@ int EtcdCluster::LeaderIndex() {
   }
   for (uint64_t leader : leaders) {
     for (size_t i = 0; i < members_.size(); ++i) {
-      if (members_[i].pid > 0 && ids[i] != 0 && ids[i] == leader) return static_cast<int>(i);
+      if (members_[i].process.pid() > 0 && ids[i] != 0 && ids[i] == leader) {
+        return static_cast<int>(i);
+      }
     }
   }
   return -1;
@@ -372,7 +286,7 @@ std::shared_ptr<grpc::Channel> EtcdCluster::MemberChannel(size_t i) const {
 RunResult EtcdCluster::Etcdctl(std::vector<std::string> args) const {
   std::string running;
   for (size_t i = 0; i < members_.size(); ++i) {
-    if (members_[i].pid <= 0) continue;
+    if (members_[i].process.pid() <= 0) continue;
     if (!running.empty()) running += ',';
     running += endpoint(i);
   }

@@ -75,7 +75,7 @@ class EtcdCluster {
   std::vector<std::string> endpoints() const;
   std::string endpoint(size_t i) const;
   // pid returns member i's process ID, or 0 when it does not run.
-  pid_t pid(size_t i) const { return members_.at(i).pid; }
+  pid_t pid(size_t i) const { return members_.at(i).process.pid(); }
 
   // KillMember sends SIGKILL to member i and reaps it.
   ::testing::AssertionResult KillMember(size_t i);
@@ -107,7 +107,7 @@ class EtcdCluster {
     ReservedPort peer_port;
     std::filesystem::path data_dir;
     std::filesystem::path log_file;
-    pid_t pid = 0;
+    Background process;
   };
 
   ::testing::AssertionResult MakeTlsFiles();
@@ -121,7 +121,6 @@ class EtcdCluster {
   EtcdClusterOptions options_;
   TempDir dir_;
   std::string token_;
-  std::string etcd_path_;
   std::vector<Member> members_;
   EtcdTlsFiles tls_files_;
   std::filesystem::path server_cert_;

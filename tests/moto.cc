@@ -1,21 +1,10 @@
 // Moto test peer. See moto.h.
 #include "tests/moto.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <chrono>
-#include <cstring>
+#include <cstdlib>
 #include <ctime>
 #include <nlohmann/json.hpp>
-#include <thread>
 #include <vector>
 
 #include "keywarden/crypto/encoding.h"
@@ -25,40 +14,8 @@
 #include "src/byok/http.h"
 #include "src/byok/sigv4.h"
 
-extern char** environ;
-
 namespace keywarden::testing {
 namespace {
-
-std::string Errno(std::string_view what) { return std::string(what) + ": " + std::strerror(errno); }
-
-// FindProgram looks `name` up in $MOTO_SERVER (for moto_server) or PATH.
-std::string FindProgram(const std::string& name) {
-  if (const char* env = std::getenv("MOTO_SERVER"); env != nullptr && *env != '\0') return env;
-  const char* path = std::getenv("PATH");
-  if (path == nullptr) return "";
-  std::string_view rest(path);
-  while (!rest.empty()) {
-    const size_t colon = rest.find(':');
-    const std::string dir(rest.substr(0, colon));
-    rest = colon == std::string_view::npos ? "" : rest.substr(colon + 1);
-    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
-}
-
-bool PortAccepts(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return ok;
-}
 
 // Between returns the text between the first `open` and the following `close`, or "".
 std::string Between(const std::string& text, std::string_view open, std::string_view close) {
@@ -80,106 +37,34 @@ std::string Form(const std::vector<std::pair<std::string, std::string>>& fields)
 
 }  // namespace
 
-Moto::Moto() : dir_("kw-moto") {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    ADD_FAILURE() << Errno("socket");
-    return;
-  }
-  reserved_fd_ = fd;
-  const int one = 1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ADD_FAILURE() << Errno("reserving a loopback port");
-    return;
-  }
-  port_ = ntohs(addr.sin_port);
-}
+Moto::Moto() : dir_("kw-moto"), port_(ReservedPort::Reserve()) {}
 
-Moto::~Moto() {
-  Stop();
-  if (reserved_fd_ >= 0) close(reserved_fd_);
-}
+Moto::~Moto() { Stop(); }
 
-std::string Moto::endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+std::string Moto::endpoint() const { return "http://127.0.0.1:" + std::to_string(port()); }
 
-std::string Moto::Log() const { return ReadFile(dir_ / "moto.log").value_or(""); }
+std::string Moto::Log() const { return server_.Log(); }
 
-void Moto::Stop() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGKILL);
-  waitpid(pid_, nullptr, 0);
-  pid_ = -1;
-}
+void Moto::Stop() { server_.Kill(); }
 
 ::testing::AssertionResult Moto::Start() {
-  if (port_ == 0) return ::testing::AssertionFailure() << "no port reserved";
-  if (pid_ > 0) return ::testing::AssertionFailure() << "moto already runs";
-  const std::string program = FindProgram("moto_server");
-  if (program.empty()) {
-    return ::testing::AssertionFailure() << "moto_server not found in PATH (pip install "
-                                            "'moto[server]'), or set MOTO_SERVER";
+  if (port() == 0) return ::testing::AssertionFailure() << "no port reserved";
+  if (server_.pid() > 0) return ::testing::AssertionFailure() << "moto already runs";
+  // $MOTO_SERVER names the program; else moto_server is looked up in PATH.
+  const char* env = std::getenv("MOTO_SERVER");
+  const std::string program = env != nullptr && *env != '\0' ? env : "moto_server";
+  BackgroundOptions options;
+  options.log = dir_ / "moto.log";
+  options.env_overrides = {{"INITIAL_NO_AUTH_ACTION_COUNT", "3"}};
+  options.env_drop_prefixes = {"INITIAL_NO_AUTH_ACTION_COUNT=", "AWS_"};
+  if (auto started =
+          server_.Start({program, "-H", "127.0.0.1", "-p", std::to_string(port())}, options);
+      !started) {
+    return started << " (pip install 'moto[server]', or set MOTO_SERVER)";
   }
-  std::vector<std::string> args = {program, "-H", "127.0.0.1", "-p", std::to_string(port_)};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::string no_auth = "INITIAL_NO_AUTH_ACTION_COUNT=3";
-  std::vector<char*> envp;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string_view var(*e);
-    if (var.starts_with("INITIAL_NO_AUTH_ACTION_COUNT=") || var.starts_with("AWS_")) continue;
-    envp.push_back(*e);
-  }
-  envp.push_back(no_auth.data());
-  envp.push_back(nullptr);
-  const std::string log = (dir_ / "moto.log").string();
-  const int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (log_fd < 0 || null_fd < 0) {
-    if (log_fd >= 0) close(log_fd);
-    if (null_fd >= 0) close(null_fd);
-    return ::testing::AssertionFailure() << Errno("opening " + log);
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    if (dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0) _exit(127);
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  const int fork_errno = errno;
-  close(log_fd);
-  close(null_fd);
-  if (pid < 0) {
-    errno = fork_errno;
-    return ::testing::AssertionFailure() << Errno("fork");
-  }
-  pid_ = pid;
-
   // moto imports its backends lazily; it usually listens within a few seconds.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!PortAccepts(port_)) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return ::testing::AssertionFailure() << "moto_server exited; log:\n" << Log();
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      Stop();
-      return ::testing::AssertionFailure() << "moto_server did not listen in 60 s; log:\n" << Log();
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (auto up = WaitForPort(server_, port(), "moto_server", std::chrono::seconds(60)); !up) {
+    return up;
   }
 
   // The three unauthenticated requests (signed with made-up credentials moto does not check
@@ -232,7 +117,7 @@ absl::StatusOr<Moto::Reply> Moto::Signed(std::string_view service, std::string_v
   request.method = std::string(method);
   request.path = std::string(path);
   request.headers = std::move(headers);
-  request.headers.emplace_back("host", "127.0.0.1:" + std::to_string(port_));
+  request.headers.emplace_back("host", "127.0.0.1:" + std::to_string(port()));
   request.payload_hash = crypto::HexEncode(crypto::Sha256({body_bytes}));
   const SecretBytes secret_bytes(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(secret.data()), secret.size()));

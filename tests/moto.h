@@ -1,23 +1,24 @@
 // Moto: a moto_server (AWS KMS, S3 and IAM emulator) for integration tests, with SigV4 checking
 // on (/work/shared/RECIPES.md "moto").
 //
-// Start() runs `moto_server -H 127.0.0.1 -p PORT` with INITIAL_NO_AUTH_ACTION_COUNT=3 on a
-// loopback port reserved for the object's lifetime (bound with SO_REUSEADDR and never listened
-// on, as EtcdCluster does; werkzeug also sets SO_REUSEADDR, so moto can bind it and, once it is
-// stopped, a connection to the port is refused). It waits until the port accepts connections,
+// Start() runs `moto_server -H 127.0.0.1 -p PORT` (a Background, with
+// INITIAL_NO_AUTH_ACTION_COUNT=3 and no AWS_* variables) on a ReservedPort held for the object's
+// lifetime (werkzeug also sets SO_REUSEADDR, so moto can bind it and, once it is stopped, a
+// connection to the port is refused). It waits until the port accepts connections,
 // then spends the three unauthenticated requests on IAM: CreateUser, CreateAccessKey and an
 // allow-all PutUserPolicy. From then on moto checks every request's SigV4 signature against that
 // user's secret. KMS keys and buckets are made with signed requests (keywarden_aws's own SigV4
 // and HTTP client). The server is killed (SIGKILL, by PID) in Stop() and the destructor, and gets
-// PR_SET_PDEATHSIG so a crashing test takes it along. Not thread-safe; start it from the test's
-// main thread.
+// PR_SET_PDEATHSIG so a crashing test takes it along. The program is $MOTO_SERVER if set, else
+// moto_server from PATH. Not thread-safe; start it from the test's main thread.
 #pragma once
 
 #include <gtest/gtest.h>
-#include <sys/types.h>
 
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "tests/subprocess.h"
@@ -38,7 +39,7 @@ class Moto {
 
   // endpoint is "http://127.0.0.1:PORT".
   std::string endpoint() const;
-  int port() const { return port_; }
+  int port() const { return port_.port(); }
   static constexpr const char* kRegion = "us-east-1";
   // The IAM user's access key (valid after Start()).
   const std::string& access_key_id() const { return access_key_id_; }
@@ -64,9 +65,8 @@ class Moto {
                                std::string_view secret);
 
   TempDir dir_;
-  int reserved_fd_ = -1;
-  int port_ = 0;
-  pid_t pid_ = -1;
+  ReservedPort port_;
+  Background server_;
   std::string access_key_id_;
   std::string secret_access_key_;
 };

@@ -2,23 +2,18 @@
 // service, several swtpm TPMs as nodes (each with a local-CA EK certificate), state disks as
 // LUKS2 files served through FUSE, and the `keywarden node`, `recover` and `verify` commands as
 // users run them. Needs root and /dev/fuse (FUSE mounts); skips otherwise.
-#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
-#include <random>
-#include <thread>
+#include <sstream>
 
 #include "keywarden/attest/tpm.h"
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/keys/cluster.h"
+#include "tests/file_io.h"
 #include "tests/service_process.h"
 #include "tests/subprocess.h"
 #include "tests/swtpm.h"
@@ -34,84 +29,17 @@ RunResult Exec(std::vector<std::string> argv) { return keywarden::testing::Run(s
 
 bool Supported() { return geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0; }
 
-// Background runs `keywarden ARGS...` and waits for a stdout line starting with `ready`.
-class Background {
- public:
-  Background(std::vector<std::string> args, const fs::path& log) : log_(log) {
-    args.insert(args.begin(), KEYWARDEN_BINARY);
-    int out[2];
-    EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out[1], STDOUT_FILENO);
-      const int err = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      if (err >= 0) dup2(err, STDERR_FILENO);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    fd_ = out[0];
-  }
-  ~Background() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (fd_ >= 0) close(fd_);
-  }
-  // WaitLine returns what follows `prefix` on the first stdout line that starts with it.
-  std::string WaitLine(std::string_view prefix, std::chrono::milliseconds timeout = 60s) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-      size_t start = 0;
-      while (true) {
-        const size_t eol = out_.find('\n', start);
-        if (eol == std::string::npos) break;
-        const std::string_view line(out_.data() + start, eol - start);
-        if (line.substr(0, prefix.size()) == prefix) {
-          return std::string(line.substr(prefix.size()));
-        }
-        start = eol + 1;
-      }
-      if (std::chrono::steady_clock::now() > deadline) return "";
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) > 0) {
-        char chunk[512];
-        const ssize_t n = read(fd_, chunk, sizeof(chunk));
-        if (n <= 0) return "";
-        out_.append(chunk, static_cast<size_t>(n));
-      }
-    }
-  }
-  // Wait returns the exit code once the process ends (-1 on timeout or signal).
-  int Wait(std::chrono::milliseconds timeout = 60s) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      const pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = 0;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return -1;
-  }
-  void Terminate() {
-    if (pid_ > 0) kill(pid_, SIGTERM);
-  }
-  std::string log() const { return ReadFile(log_).value_or(""); }
-
- private:
-  fs::path log_;
-  pid_t pid_ = 0;
-  int fd_ = -1;
-  std::string out_;
-};
+// StartKeywarden runs `keywarden ARGS...` in the background: standard output captured for
+// WaitLine, standard error in `log`.
+Background StartKeywarden(std::vector<std::string> args, const fs::path& log) {
+  args.insert(args.begin(), KEYWARDEN_BINARY);
+  BackgroundOptions options;
+  options.log = log;
+  options.capture_stdout = true;
+  Background process;
+  EXPECT_TRUE(process.Start(std::move(args), options));
+  return process;
+}
 
 // World is one test's clusters and nodes; it closes every volume it opened.
 class World {
@@ -242,30 +170,6 @@ std::string ExpectedPcr15(World& world, const std::string& cluster_id) {
   return Line(r.stdout_text + "\n", "").substr(0, 64);
 }
 
-std::string RandomText(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (char& c : out) c = static_cast<char>(rng());
-  return out;
-}
-
-void WriteAt(const fs::path& path, uint64_t offset, const std::string& data) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  ASSERT_TRUE(f) << path;
-  f.seekp(static_cast<std::streamoff>(offset));
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  f.flush();
-  ASSERT_TRUE(f) << "write to " << path;
-}
-
-std::string ReadAt(const fs::path& path, uint64_t offset, size_t n) {
-  std::ifstream f(path, std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(offset));
-  std::string out(n, '\0');
-  f.read(out.data(), static_cast<std::streamsize>(n));
-  return out;
-}
-
 TEST(NodeJoin, AFreshNodeJoinsMeasuresItsClusterAndRejoinsAfterAReboot) {
   if (!Supported()) GTEST_SKIP() << "needs root and /dev/fuse";
   World world;
@@ -372,18 +276,20 @@ TEST(NodeVerify, PassesForAMemberAndFailsForANodeOfAnotherClusterOrAFreshOne) {
   ASSERT_TRUE(world.Join(stranger, server_b->join_endpoint(), world.Disk("s.img"), "s").ok());
   const std::string id_a = world.ClusterIdHex(a);
 
+  int verifications = 0;  // each run gets its own log
   auto verify = [&](const SwtpmInstance& tpm, const std::string& cluster_id,
                     const fs::path& m) -> RunResult {
-    Background server(
+    Background server = StartKeywarden(
         {"node", "verification-server", "--tpm", tpm.tcti(), "--listen", "127.0.0.1:0"},
-        world.temp() / "verify.log");
-    const std::string endpoint = server.WaitLine("verification server listening on ");
-    EXPECT_FALSE(endpoint.empty()) << server.log();
+        world.temp() / ("verify-" + std::to_string(++verifications) + ".log"));
+    const std::string endpoint =
+        server.WaitLine("verification server listening on ", 60s).value_or("");
+    EXPECT_FALSE(endpoint.empty()) << server.Log();
     RunResult r =
         world.Kw({"verify", "--endpoint", endpoint, "--measurements", m.string(), "--ek-ca",
                   world.ca()->ca_bundle().string(), "--cluster-id", cluster_id});
-    server.Terminate();
-    EXPECT_EQ(server.Wait(), 0) << server.log();
+    server.Signal(SIGTERM);
+    EXPECT_EQ(server.Wait(60s), 0) << server.Log();
     return r;
   };
   RunResult r = verify(member, id_a, measurements);
@@ -450,13 +356,14 @@ TEST(NodeRecovery, AStoppedClusterRecoversWithTheMasterSecretAndThenRejoinsNorma
 
   for (size_t i = 0; i < nodes.size(); ++i) {
     const std::string name = "n" + std::to_string(i);
-    Background recovery(
+    Background recovery = StartKeywarden(
         {"node", "recovery-server", "--tpm", nodes[i]->tcti(), "--listen", "127.0.0.1:0",
          "--state-disk", disks[i].string(), "--name", name, "--fuse-dir",
          world.FuseDir(name).string(), "--run-dir", world.run_dir().string()},
         world.temp() / ("recovery-" + name + ".log"));
-    const std::string endpoint = recovery.WaitLine("recovery server listening on ");
-    ASSERT_FALSE(endpoint.empty()) << recovery.log();
+    const std::string endpoint =
+        recovery.WaitLine("recovery server listening on ", 60s).value_or("");
+    ASSERT_FALSE(endpoint.empty()) << recovery.Log();
     auto recover = [&](const fs::path& secret) {
       return world.Kw({"recover", "--endpoint", endpoint, "--master-secret", secret.string(),
                        "--measurements", measurements.string(), "--ek-ca",
@@ -469,10 +376,10 @@ TEST(NodeRecovery, AStoppedClusterRecoversWithTheMasterSecretAndThenRejoinsNorma
       EXPECT_THAT(r.stderr_text, HasSubstr("does not open"));
     }
     r = recover(a / "mastersecret.json");
-    ASSERT_TRUE(r.ok()) << r << recovery.log();
+    ASSERT_TRUE(r.ok()) << r << recovery.Log();
     EXPECT_EQ(Line(r.stdout_text, "cluster-id "), id);
-    EXPECT_EQ(recovery.WaitLine("cluster-id "), id) << recovery.log();
-    EXPECT_EQ(recovery.Wait(), 0) << recovery.log();
+    EXPECT_EQ(recovery.WaitLine("cluster-id ", 60s).value_or(""), id) << recovery.Log();
+    EXPECT_EQ(recovery.Wait(60s), 0) << recovery.Log();
     world.Opened(name);
     EXPECT_EQ(Pcr15(*nodes[i]), expected_pcr15);
     EXPECT_EQ(ReadAt(world.FuseDir(name) / name, 1 << 20, data[i].size()), data[i]);
@@ -509,20 +416,21 @@ TEST(NodeRecovery, TheOperatorRefusesANodeThatDoesNotAttest) {
   }
   ASSERT_TRUE(junk.Restart());
   ASSERT_TRUE(junk.Tpm2Tool({"tpm2_pcrextend", "4:sha256=" + std::string(64, 'e')}).ok());
-  Background recovery({"node", "recovery-server", "--tpm", junk.tcti(), "--listen", "127.0.0.1:0",
-                       "--state-disk", disk.string(), "--fuse-dir", world.FuseDir("junk").string(),
-                       "--run-dir", world.run_dir().string()},
-                      world.temp() / "recovery.log");
-  const std::string endpoint = recovery.WaitLine("recovery server listening on ");
-  ASSERT_FALSE(endpoint.empty()) << recovery.log();
+  Background recovery =
+      StartKeywarden({"node", "recovery-server", "--tpm", junk.tcti(), "--listen", "127.0.0.1:0",
+                      "--state-disk", disk.string(), "--fuse-dir", world.FuseDir("junk").string(),
+                      "--run-dir", world.run_dir().string()},
+                     world.temp() / "recovery.log");
+  const std::string endpoint = recovery.WaitLine("recovery server listening on ", 60s).value_or("");
+  ASSERT_FALSE(endpoint.empty()) << recovery.Log();
   const RunResult r = world.Kw(
       {"recover", "--endpoint", endpoint, "--master-secret", (a / "mastersecret.json").string(),
        "--measurements", measurements.string(), "--ek-ca", world.ca()->ca_bundle().string()});
   EXPECT_EQ(r.exit_code, 1) << r;
   EXPECT_THAT(r.stderr_text, HasSubstr("PCR 4"));
-  recovery.Terminate();
-  EXPECT_EQ(recovery.Wait(), 1) << recovery.log();
-  EXPECT_THAT(recovery.log(), HasSubstr("stopped before a recovery"));
+  recovery.Signal(SIGTERM);
+  EXPECT_EQ(recovery.Wait(60s), 1) << recovery.Log();
+  EXPECT_THAT(recovery.Log(), HasSubstr("stopped before a recovery"));
 }
 
 }  // namespace

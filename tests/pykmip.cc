@@ -1,22 +1,10 @@
 // PyKmipServer: see pykmip.h.
 #include "tests/pykmip.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <sstream>
-#include <thread>
 #include <vector>
-
-extern char** environ;
 
 namespace keywarden::testing {
 namespace {
@@ -41,8 +29,6 @@ with client:
 print(uid)
 )";
 
-std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
-
 ::testing::AssertionResult RunOk(const std::vector<std::string>& argv, const fs::path& dir) {
   RunOptions options;
   options.working_dir = dir;
@@ -53,28 +39,9 @@ std::string Errno(const std::string& what) { return what + ": " + std::strerror(
 
 }  // namespace
 
-PyKmipServer::PyKmipServer() : dir_("keywarden-pykmip") {
-  // Reserve a loopback port: bound with SO_REUSEADDR, never listened on.
-  reserved_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (reserved_fd_ < 0 ||
-      setsockopt(reserved_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      bind(reserved_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(reserved_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ADD_FAILURE() << Errno("reserving a loopback port");
-    return;
-  }
-  port_ = ntohs(addr.sin_port);
-}
+PyKmipServer::PyKmipServer() : dir_("keywarden-pykmip"), port_(ReservedPort::Reserve()) {}
 
-PyKmipServer::~PyKmipServer() {
-  if (pid_ != 0) (void)Stop();
-  if (reserved_fd_ >= 0) close(reserved_fd_);
-}
+PyKmipServer::~PyKmipServer() { (void)Stop(); }
 
 ::testing::AssertionResult PyKmipServer::MakeFiles() {
   const fs::path tls = dir_ / "tls";
@@ -132,7 +99,7 @@ PyKmipServer::~PyKmipServer() {
   std::ostringstream server_conf;
   server_conf << "[server]\n"
               << "hostname=127.0.0.1\n"
-              << "port=" << port_ << "\n"
+              << "port=" << port() << "\n"
               << "certificate_path=" << (tls / "server.crt").string() << "\n"
               << "key_path=" << (tls / "server.key").string() << "\n"
               << "ca_path=" << files_.ca_cert.string() << "\n"
@@ -145,7 +112,7 @@ PyKmipServer::~PyKmipServer() {
   std::ostringstream client_conf;
   client_conf << "[client]\n"
               << "host=127.0.0.1\n"
-              << "port=" << port_ << "\n"
+              << "port=" << port() << "\n"
               << "certfile=" << files_.client_cert.string() << "\n"
               << "keyfile=" << files_.client_key.string() << "\n"
               << "ca_certs=" << files_.ca_cert.string() << "\n"
@@ -159,116 +126,44 @@ PyKmipServer::~PyKmipServer() {
   return ::testing::AssertionSuccess();
 }
 
-::testing::AssertionResult PyKmipServer::Spawn() {
-  std::vector<std::string> args = {kPython, kPykmipServer,
-                                   "-f",    (dir_ / "server.conf").string(),
-                                   "-l",    (dir_ / "server.log").string()};
-  // Everything the child needs is built before fork(): between fork and exec only
-  // async-signal-safe calls are allowed.
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string out_path = (dir_ / "server.out").string();
-  const int out_fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (out_fd < 0 || null_fd < 0) {
-    if (out_fd >= 0) close(out_fd);
-    if (null_fd >= 0) close(null_fd);
-    return ::testing::AssertionFailure() << Errno("opening " + out_path);
-  }
-  const std::string dir = dir_.path().string();
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    // Its own process group: PyKMIP forks helpers (a multiprocessing manager and the policy
-    // directory monitor) that PR_SET_PDEATHSIG does not reach; Stop and Kill signal the group.
-    if (setpgid(0, 0) != 0) _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    if (dup2(null_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(out_fd, 2) < 0) _exit(127);
-    if (chdir(dir.c_str()) != 0) _exit(127);
-    execve(argv[0], argv.data(), environ);
-    _exit(127);
-  }
-  const int fork_errno = errno;
-  close(out_fd);
-  close(null_fd);
-  if (pid < 0) {
-    errno = fork_errno;
-    return ::testing::AssertionFailure() << Errno("fork");
-  }
-  pid_ = pid;
-  return ::testing::AssertionSuccess();
-}
-
-bool PyKmipServer::Accepts() const {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port_));
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return ok;
-}
-
 ::testing::AssertionResult PyKmipServer::Start(std::chrono::milliseconds timeout) {
-  if (port_ == 0) return ::testing::AssertionFailure() << "no port reserved";
-  if (pid_ != 0) return ::testing::AssertionFailure() << "already running";
+  if (port() == 0) return ::testing::AssertionFailure() << "no port reserved";
+  if (server_.pid() > 0) return ::testing::AssertionFailure() << "already running";
   if (!files_made_) {
     if (auto made = MakeFiles(); !made) return made;
   }
-  if (auto spawned = Spawn(); !spawned) return spawned;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = 0;  // it failed before forking any helper
-      return ::testing::AssertionFailure()
-             << "pykmip-server exited during start (status " << status << ")\n"
-             << LogTail();
-    }
-    // PyKMIP listens only after it has set up TLS: a TCP connection means it serves. (The probe
-    // costs the server one failed handshake, logged and ignored.)
-    if (Accepts()) return ::testing::AssertionSuccess();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  BackgroundOptions options;
+  options.log = dir_ / "server.out";
+  // Its own process group: PyKMIP forks helpers (a multiprocessing manager and the policy
+  // directory monitor) that PR_SET_PDEATHSIG does not reach; Kill signals the group.
+  options.own_process_group = true;
+  options.working_dir = dir_.path();
+  if (auto started = server_.Start({kPython, kPykmipServer, "-f", (dir_ / "server.conf").string(),
+                                    "-l", (dir_ / "server.log").string()},
+                                   options);
+      !started) {
+    return started;
   }
-  return ::testing::AssertionFailure() << "pykmip-server did not listen on " << endpoint()
-                                       << " within " << timeout.count() << " ms\n"
-                                       << LogTail();
+  // PyKMIP listens only after it has set up TLS: a TCP connection means it serves. (The probe
+  // costs the server one failed handshake, logged and ignored.)
+  if (auto up = WaitForPort(server_, port(), "pykmip-server", timeout); !up) {
+    return up << "\n" << LogTail();
+  }
+  return ::testing::AssertionSuccess();
 }
 
 ::testing::AssertionResult PyKmipServer::Stop() {
-  if (pid_ == 0) return ::testing::AssertionSuccess();
-  // SIGINT makes PyKMIP shut down at once; SIGTERM would wait for the next connection.
-  // The group's ID is the server's PID (setpgid in Spawn); SIGINT reaches only the server, which
-  // then stops its helpers itself.
-  kill(pid_, SIGINT);
-  for (int i = 0; i < 50; ++i) {
-    // Detect the exit without reaping (WNOWAIT): while the server is an unreaped zombie its PID,
-    // and so its group's ID, cannot be reused, so the SIGKILL reaches only helpers left behind.
-    siginfo_t info{};
-    if (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-        info.si_pid == pid_) {
-      kill(-pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-      pid_ = 0;
-      return ::testing::AssertionSuccess();
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return Kill();
+  if (!server_.Running()) return ::testing::AssertionSuccess();
+  // SIGINT makes PyKMIP shut down at once; SIGTERM would wait for the next connection. It goes
+  // to the server only, which then stops its helpers itself; once it has ended, Background
+  // kills whatever is left in its process group.
+  kill(server_.pid(), SIGINT);
+  if (server_.Wait(std::chrono::seconds(5)) == -1) server_.Kill();
+  return ::testing::AssertionSuccess();
 }
 
 ::testing::AssertionResult PyKmipServer::Kill() {
-  if (pid_ == 0) return ::testing::AssertionSuccess();
-  kill(-pid_, SIGKILL);  // the server and the helpers it forked
-  waitpid(pid_, nullptr, 0);
-  pid_ = 0;
+  server_.Kill();  // the server and the helpers it forked
   return ::testing::AssertionSuccess();
 }
 

@@ -4,11 +4,11 @@
 // Each server has a private TempDir with its own test CA, server certificate (EC P-256,
 // subjectAltName IP:127.0.0.1), client certificate (extendedKeyUsage=clientAuth), an unrelated
 // "other" CA with a client certificate of its own (for negative tests), an empty policy
-// directory and its own SQLite database. It listens on a loopback port that stays reserved for
-// the object's lifetime (a socket bound with SO_REUSEADDR and never listened on, which PyKMIP,
-// also binding with SO_REUSEADDR, can share), so Stop and Start again reuse it. The server runs in
-// a process group of its own (PyKMIP forks a multiprocessing manager and a policy monitor), gets
-// PR_SET_PDEATHSIG=SIGKILL, and is stopped by PID: SIGINT, then SIGKILL to its process group.
+// directory and its own SQLite database. It listens on a ReservedPort held for the object's
+// lifetime (PyKMIP also binds with SO_REUSEADDR, so it can share it), so Stop and Start again
+// reuse it. The server is a Background in a process group of its own (PyKMIP forks a
+// multiprocessing manager and a policy monitor), gets PR_SET_PDEATHSIG=SIGKILL, and is stopped by
+// PID: SIGINT, then SIGKILL to its process group.
 //
 // Typical use:
 //
@@ -60,10 +60,10 @@ class PyKmipServer {
   // stays).
   ::testing::AssertionResult Kill();
 
-  int port() const { return port_; }
-  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_.port(); }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port()); }
   const PyKmipFiles& files() const { return files_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return server_.pid(); }
 
   // Config returns a KmipConfig for key `uid` with the server's client certificate and CA.
   byok::KmipConfig Config(const std::string& uid) const;
@@ -78,13 +78,10 @@ class PyKmipServer {
 
  private:
   ::testing::AssertionResult MakeFiles();
-  ::testing::AssertionResult Spawn();
-  bool Accepts() const;
 
   TempDir dir_;
-  int reserved_fd_ = -1;
-  int port_ = 0;
-  pid_t pid_ = 0;
+  ReservedPort port_;
+  Background server_;
   bool files_made_ = false;
   PyKmipFiles files_;
 };

@@ -1,19 +1,13 @@
 #include "tests/service_process.h"
 
-#include <fcntl.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
-#include <fstream>
 #include <mutex>
-#include <sstream>
+#include <optional>
 
 #include "keywarden/crypto/encoding.h"
 #include "kms.grpc.pb.h"
@@ -24,120 +18,67 @@ namespace keywarden::testing {
 ServiceProcess::ServiceProcess(std::vector<std::string> serve_args, std::filesystem::path log_file)
     : args_(std::move(serve_args)), log_file_(std::move(log_file)) {}
 
-ServiceProcess::~ServiceProcess() {
-  Kill();
-  if (stdout_fd_ >= 0) close(stdout_fd_);
-}
+ServiceProcess::~ServiceProcess() { Kill(); }
 
 bool ServiceProcess::Spawn() {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return false;
   std::vector<std::string> argv = {KEYWARDEN_BINARY, "serve"};
   argv.insert(argv.end(), args_.begin(), args_.end());
-  bool has_listen = false;
-  for (const auto& a : args_) has_listen = has_listen || a == "--listen";
-  if (!has_listen) {
+  if (std::find(args_.begin(), args_.end(), "--listen") == args_.end()) {
     argv.push_back("--listen");
     argv.push_back("127.0.0.1:0");
   }
-  std::vector<char*> cargv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return false;
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    const int err = open(log_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    dup2(out[1], 1);
-    if (err >= 0) dup2(err, 2);
-    // The test may block signals in its threads; the service must start with a clean mask.
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(cargv[0], cargv.data());
-    _exit(127);
-  }
-  close(out[1]);
-  pid_ = pid;
-  stdout_fd_ = out[0];
-  return true;
+  exit_code_ = -1;
+  endpoint_.clear();
+  join_endpoint_.clear();
+  BackgroundOptions options;
+  options.log = log_file_;
+  options.capture_stdout = true;
+  return process_.Start(std::move(argv), options);
 }
 
 bool ServiceProcess::WaitListening(std::chrono::milliseconds timeout) {
-  if (pid_ <= 0 || stdout_fd_ < 0) return false;
+  if (!running()) return false;
   // With --measurements the join service runs too: wait for its line as well.
   const bool want_join = std::find(args_.begin(), args_.end(), "--measurements") != args_.end();
-  std::string buffer;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  // Value after `prefix` on a line that starts with it, or "".
-  auto line_value = [&buffer](std::string_view prefix) -> std::string {
-    size_t start = 0;
-    while (start < buffer.size()) {
-      const size_t eol = buffer.find('\n', start);
-      if (eol == std::string::npos) break;
-      const std::string_view line(buffer.data() + start, eol - start);
-      if (line.substr(0, prefix.size()) == prefix) return std::string(line.substr(prefix.size()));
-      start = eol + 1;
-    }
-    return "";
+  const auto left = [&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::max(
+        deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero()));
   };
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{stdout_fd_, POLLIN, 0};
-    if (poll(&p, 1, 100) > 0) {
-      char chunk[256];
-      const ssize_t n = read(stdout_fd_, chunk, sizeof(chunk));
-      if (n <= 0) break;  // stdout closed: the process ended
-      buffer.append(chunk, static_cast<size_t>(n));
-      endpoint_ = line_value("listening on ");
-      join_endpoint_ = line_value("join service listening on ");
-      if (!endpoint_.empty() && (!want_join || !join_endpoint_.empty())) return true;
-    }
-  }
+  std::optional<std::string> endpoint = process_.WaitLine("listening on ", left());
+  std::optional<std::string> join_endpoint;
+  if (endpoint && want_join)
+    join_endpoint = process_.WaitLine("join service listening on ", left());
+  endpoint_ = endpoint.value_or("");
+  join_endpoint_ = join_endpoint.value_or("");
+  if (endpoint && (!want_join || join_endpoint)) return true;
+  // Standard output closed (the process ended) or the time is up.
   WaitExit(std::chrono::milliseconds(2000));
   return false;
 }
 
 int ServiceProcess::WaitExit(std::chrono::milliseconds timeout) {
-  if (pid_ <= 0) return exit_code_;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    int status = 0;
-    const pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      pid_ = 0;
-      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      return exit_code_;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return -1;
+  if (!running()) return exit_code_;
+  const int code = process_.Wait(timeout);
+  if (!running()) exit_code_ = code;
+  return code;
 }
 
 int ServiceProcess::Stop(std::chrono::milliseconds timeout) {
-  if (pid_ <= 0) return exit_code_;
-  kill(pid_, SIGTERM);
+  if (!running()) return exit_code_;
+  process_.Signal(SIGTERM);
   const int code = WaitExit(timeout);
-  if (pid_ > 0) Kill();
+  Kill();
   return code;
 }
 
 void ServiceProcess::Kill() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGKILL);
-  int status = 0;
-  waitpid(pid_, &status, 0);
-  pid_ = 0;
+  if (!running()) return;
+  process_.Kill();
   exit_code_ = -1;
 }
 
-std::string ServiceProcess::stderr_text() const {
-  std::ifstream in(log_file_);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+std::string ServiceProcess::stderr_text() const { return ReadFile(log_file_).value_or(""); }
 
 KmsClient::KmsClient(const std::string& endpoint,
                      std::shared_ptr<grpc::ChannelCredentials> credentials)

@@ -14,11 +14,13 @@
 #include <thread>
 #include <vector>
 
+#include "tests/subprocess.h"
+
 namespace keywarden::testing {
 
-// ServiceProcess starts `keywarden serve ARGS... --listen 127.0.0.1:0` and learns its port from
-// the "listening on" line. Its stderr goes to a file (stderr_text()). The process gets
-// PR_SET_PDEATHSIG=SIGKILL, and the destructor kills it: nothing outlives the test.
+// ServiceProcess starts `keywarden serve ARGS... --listen 127.0.0.1:0` (a Background) and learns
+// its port from the "listening on" line. Its stderr goes to a file (stderr_text()). The process
+// gets PR_SET_PDEATHSIG=SIGKILL, and the destructor kills it: nothing outlives the test.
 class ServiceProcess {
  public:
   ServiceProcess(std::vector<std::string> serve_args, std::filesystem::path log_file);
@@ -48,16 +50,16 @@ class ServiceProcess {
   // join_endpoint is the join service's HOST:PORT (from its "join service listening on" line)
   // when the process was started with --measurements.
   const std::string& join_endpoint() const { return join_endpoint_; }
-  pid_t pid() const { return pid_; }
-  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return process_.pid(); }
+  // running is true from Spawn until the process is seen to end (WaitExit, Stop, Kill).
+  bool running() const { return process_.pid() > 0; }
   int exit_code() const { return exit_code_; }
   std::string stderr_text() const;
 
  private:
   std::vector<std::string> args_;
   std::filesystem::path log_file_;
-  pid_t pid_ = 0;
-  int stdout_fd_ = -1;
+  Background process_;
   int exit_code_ = -1;
   std::string endpoint_;
   std::string join_endpoint_;

@@ -58,6 +58,8 @@ class Fd {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
   }
+  // Release gives up ownership and returns the descriptor.
+  int Release() { return std::exchange(fd_, -1); }
 
  private:
   int fd_ = -1;
@@ -550,12 +552,12 @@ Background& Background::operator=(Background&& other) noexcept {
     _exit(127);
   }
   if (pid < 0) return ::testing::AssertionFailure() << ErrnoMessage("fork", errno);
+  // The parent sets the group too, so that Signal reaches the group even before the child has
+  // run setpgid (one of the two calls fails harmlessly).
+  if (options.own_process_group) setpgid(pid, pid);
   pid_ = pid;
-  if (options.capture_stdout) {
-    if (stdout_fd_ >= 0) close(stdout_fd_);
-    stdout_fd_ = std::exchange(out_pipe[0], -1);
-    out_read = Fd();  // ownership moved to stdout_fd_
-  }
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+  stdout_fd_ = out_read.Release();  // -1 without capture_stdout
   return ::testing::AssertionSuccess();
 }
 
@@ -563,6 +565,14 @@ bool Background::Running(std::string* how) {
   if (pid_ <= 0) {
     if (how != nullptr) *how = exit_status_ >= 0 ? DescribeStatus(exit_status_) : "not started";
     return false;
+  }
+  if (group_) {
+    // The leader ended: kill what it left behind in its group before reaping it (until it is
+    // reaped its PID, and so the group's ID, cannot be reused).
+    siginfo_t info{};
+    const int rc = waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT);
+    if (rc == 0 && info.si_pid == 0) return true;
+    if (rc == 0) kill(-pid_, SIGKILL);
   }
   int status = 0;
   const pid_t r = waitpid(pid_, &status, WNOHANG);

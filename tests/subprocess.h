@@ -152,7 +152,9 @@ class Background {
   ::testing::AssertionResult Start(std::vector<std::string> argv,
                                    const BackgroundOptions& options = {});
   // Running reaps the program if it ended and says whether it still runs; when it ended,
-  // `how` (if given) receives "exited with status N" or "killed by signal N".
+  // `how` (if given) receives "exited with status N" or "killed by signal N". With
+  // own_process_group, what is left of the group (helpers the program forked) is killed before
+  // the leader is reaped.
   bool Running(std::string* how = nullptr);
   // Signal sends `sig` (to the group with own_process_group); no effect once reaped.
   void Signal(int sig);

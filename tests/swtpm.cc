@@ -2,21 +2,16 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 #include <random>
-#include <sstream>
-#include <thread>
 
 namespace keywarden::testing {
 namespace {
 
 namespace fs = std::filesystem;
-using std::chrono::milliseconds;
 
 // PortFree reports whether 127.0.0.1:port can be bound right now (no SO_REUSEADDR, so a port
 // in TIME_WAIT counts as taken).
@@ -32,18 +27,6 @@ bool PortFree(int port) {
   return free;
 }
 
-bool Accepts(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return ok;
-}
-
 // PickPortPair returns P such that P and P+1 are free, from a range below Linux's default
 // ephemeral ports (32768-60999), so outgoing connections do not take them meanwhile.
 int PickPortPair() {
@@ -57,37 +40,16 @@ int PickPortPair() {
   return 0;
 }
 
-// ProcessState returns the state letter of /proc/<pid>/stat ('R', 'S', 'Z', ...), or 0 when
-// the process does not exist.
-char ProcessState(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return 0;
-  const size_t close_paren = line.rfind(')');
-  if (close_paren == std::string::npos || close_paren + 2 >= line.size()) return 0;
-  return line[close_paren + 2];
-}
-
-// IsSwtpm checks that `pid` still is a swtpm process (guards against PID reuse before a kill).
-bool IsSwtpm(pid_t pid) {
-  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string argv0;
-  std::getline(cmdline, argv0, '\0');
-  return fs::path(argv0).filename() == "swtpm";
-}
-
-bool Gone(pid_t pid) {
-  const char state = ProcessState(pid);
-  return state == 0 || state == 'Z' || state == 'X';  // a daemon's zombie may never be reaped
-}
-
+// Tail returns the last `lines` lines of `text`.
 std::string Tail(const std::string& text, size_t lines) {
-  size_t pos = text.size();
-  for (size_t n = 0; n <= lines && pos > 0; ++n) {
-    pos = text.rfind('\n', pos - 1);
-    if (pos == std::string::npos) return text;
+  size_t start = text.size();
+  if (start > 0 && text.back() == '\n') --start;  // the final newline ends the last line
+  for (size_t n = 0; n < lines; ++n) {
+    const size_t nl = start == 0 ? std::string::npos : text.rfind('\n', start - 1);
+    if (nl == std::string::npos) return text;
+    start = nl;
   }
-  return text.substr(pos + 1);
+  return text.substr(start + 1);
 }
 
 }  // namespace
@@ -157,41 +119,31 @@ std::string SwtpmInstance::tcti() const { return "swtpm:port=" + std::to_string(
 }
 
 ::testing::AssertionResult SwtpmInstance::Spawn() {
-  const fs::path pid_file = dir_ / "swtpm.pid";
-  const fs::path log_file = dir_ / "swtpm.log";
+  // swtpm writes its log to swtpm.log itself; its standard output and error go to swtpm.out.
+  BackgroundOptions options;
+  options.log = dir_ / "swtpm.out";
   for (int attempt = 0; attempt < 5; ++attempt) {
     const int port = PickPortPair();
     if (port == 0) return ::testing::AssertionFailure() << "no free loopback port pair";
-    std::error_code ignored;
-    fs::remove(pid_file, ignored);
-    // --daemon returns once swtpm listens (it binds before forking); its stdio goes to
-    // /dev/null, so Run does not wait for it.
-    const RunResult result =
-        Run({"swtpm", "socket", "--tpm2", "--server",
+    if (auto started = process_.Start(
+            {"swtpm", "socket", "--tpm2", "--server",
              "type=tcp,port=" + std::to_string(port) + ",bindaddr=127.0.0.1", "--ctrl",
              "type=tcp,port=" + std::to_string(port + 1) + ",bindaddr=127.0.0.1", "--tpmstate",
-             "dir=" + (dir_ / "state").string(), "--flags", "startup-clear", "--daemon", "--pid",
-             "file=" + pid_file.string(), "--log", "file=" + log_file.string() + ",level=1"});
-    if (!result.ok()) {
-      // Most likely a port taken between the check and the bind: try other ports.
-      setup_output_ += "\n[swtpm start attempt failed]\n" + result.stderr_text;
-      continue;
+             "dir=" + (dir_ / "state").string(), "--flags", "startup-clear", "--log",
+             "file=" + (dir_ / "swtpm.log").string() + ",level=1"},
+            options);
+        !started) {
+      return started;
     }
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    pid_t pid = 0;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (const auto text = ReadFile(pid_file); text && !text->empty()) {
-        pid = static_cast<pid_t>(std::atoi(text->c_str()));
-        if (pid > 0 && Accepts(port + 1)) break;
-      }
-      std::this_thread::sleep_for(milliseconds(20));
+    auto up = WaitForPort(process_, port + 1, "swtpm", std::chrono::seconds(10));
+    if (up) up = WaitForPort(process_, port, "swtpm", std::chrono::seconds(10));
+    if (up) {
+      port_ = port;
+      return ::testing::AssertionSuccess();
     }
-    if (pid <= 0 || !IsSwtpm(pid)) {
-      return ::testing::AssertionFailure() << "swtpm did not start\n" << LogTail();
-    }
-    port_ = port;
-    pid_ = pid;
-    return ::testing::AssertionSuccess();
+    // Most likely a port taken between the check and the bind: try other ports.
+    process_.Kill();
+    setup_output_ += std::string("\n[swtpm start attempt failed]\n") + up.message();
   }
   return ::testing::AssertionFailure() << "swtpm did not start after 5 attempts\n" << LogTail();
 }
@@ -207,17 +159,14 @@ std::string SwtpmInstance::tcti() const { return "swtpm:port=" + std::to_string(
 
 ::testing::AssertionResult SwtpmInstance::Stop() {
   if (!running()) return ::testing::AssertionFailure() << "swtpm does not run";
-  const pid_t pid = std::exchange(pid_, 0);
   RunOptions options;
   options.timeout = std::chrono::seconds(10);
   const RunResult shutdown =
       Run({"swtpm_ioctl", "--tcp", "127.0.0.1:" + std::to_string(port_ + 1), "-s"}, options);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (!Gone(pid) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  if (!Gone(pid)) {
-    if (IsSwtpm(pid)) kill(pid, SIGKILL);
+  process_.Wait(std::chrono::seconds(5));
+  if (process_.Running()) {
+    const pid_t pid = process_.pid();
+    process_.Kill();
     return ::testing::AssertionFailure()
            << "swtpm (pid " << pid << ") ignored swtpm_ioctl -s and was killed\n"
            << shutdown;
@@ -239,7 +188,9 @@ RunResult SwtpmInstance::Tpm2Tool(std::vector<std::string> argv) const {
 
 std::string SwtpmInstance::LogTail() const {
   const std::string log = ReadFile(dir_ / "swtpm.log").value_or("");
-  return "--- swtpm log ---\n" + Tail(log, 20) + "--- swtpm_setup ---\n" + Tail(setup_output_, 20);
+  const std::string out = ReadFile(dir_ / "swtpm.out").value_or("");
+  return "--- swtpm log ---\n" + Tail(log, 20) + "--- swtpm output ---\n" + Tail(out, 20) +
+         "--- swtpm_setup ---\n" + Tail(setup_output_, 20);
 }
 
 }  // namespace keywarden::testing

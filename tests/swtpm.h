@@ -2,8 +2,9 @@
 // hardware TPM: an RSA-2048 and an ECC EK with EK certificates and a platform certificate issued
 // by a local CA (swtpm_localca), NV locked, SHA-256 PCR bank active.
 //
-// Each instance has a private state directory, runs `swtpm socket` as a daemon on two free
-// loopback TCP ports (server P, control P+1, as tpm2-tss's swtpm TCTI expects) with
+// Each instance has a private state directory, runs `swtpm socket` as a Background (so it gets
+// PR_SET_PDEATHSIG and a crashing test takes it along) on two free loopback TCP ports (server P,
+// control P+1, as tpm2-tss's swtpm TCTI expects; a ReservedPort cannot hold such a pair) with
 // --flags startup-clear (so the TPM is started and PCRs are fresh), and is stopped in the
 // destructor: `swtpm_ioctl -s` (a clean shutdown), then SIGKILL by PID if it has not exited.
 // Instances can share one SwtpmCa, so a test can also make a TPM whose EK comes from another,
@@ -79,8 +80,9 @@ class SwtpmInstance {
   // Restart is Stop then Start: a reboot.
   ::testing::AssertionResult Restart();
 
-  bool running() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
+  // running is true from Start until Stop (also when swtpm ended by itself meanwhile).
+  bool running() const { return process_.pid() > 0; }
+  pid_t pid() const { return process_.pid(); }
   int port() const { return port_; }
   // tcti returns the tpm2-tss TCTI string, "swtpm:port=P" (Tss2_TctiLdr_Initialize, and
   // TPM2TOOLS_TCTI for tpm2-tools).
@@ -103,7 +105,7 @@ class SwtpmInstance {
   bool manufactured_ = false;
   std::string setup_output_;
   int port_ = 0;
-  pid_t pid_ = 0;
+  Background process_;
 };
 
 }  // namespace keywarden::testing

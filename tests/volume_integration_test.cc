@@ -9,14 +9,13 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
-#include <random>
 #include <thread>
 
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/crypto/sha256.h"
 #include "keywarden/status.h"
 #include "keywarden/volume/volume.h"
+#include "tests/file_io.h"
 #include "tests/luks_tools.h"
 #include "tests/service_process.h"
 #include "tests/subprocess.h"
@@ -41,31 +40,6 @@ std::string FileHash(const fs::path& path) {
   auto text = ReadFile(path);
   EXPECT_TRUE(text.has_value()) << path;
   return text ? Sha256Hex(*text) : "";
-}
-
-std::string RandomText(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (char& c : out) c = static_cast<char>(rng());
-  return out;
-}
-
-void WriteAt(const fs::path& path, uint64_t offset, const std::string& data) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  ASSERT_TRUE(f) << path;
-  f.seekp(static_cast<std::streamoff>(offset));
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  f.flush();
-  ASSERT_TRUE(f) << "write to " << path;
-}
-
-std::string ReadAt(const fs::path& path, uint64_t offset, size_t n) {
-  std::ifstream f(path, std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(offset));
-  std::string out(n, '\0');
-  f.read(out.data(), static_cast<std::streamsize>(n));
-  EXPECT_EQ(static_cast<size_t>(f.gcount()), n) << path;
-  return out;
 }
 
 // VolumeEnv is one test's world: a cluster, its key service, a run directory, and every mount,
