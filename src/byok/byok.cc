@@ -96,8 +96,9 @@ absl::StatusOr<std::string> PercentDecode(std::string_view text, std::string_vie
 }  // namespace
 
 bool IsSecretUriParam(std::string_view name) {
-  static constexpr std::string_view kSecret[] = {
-      "pin", "accesskey", "key", "clientsecret", "secretkey", "password", "sessiontoken"};
+  static constexpr std::string_view kSecret[] = {"pin",          "accesskey",  "key",
+                                                 "clientsecret", "secretkey",  "password",
+                                                 "sessiontoken", "credentials"};
   std::string lower(name);
   for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return std::find(std::begin(kSecret), std::end(kSecret), lower) != std::end(kSecret);

@@ -160,6 +160,8 @@ void RegisterAllProviders();
 //   kms://pkcs11?module=PATH&token=LABEL&pin=PIN&key=LABEL
 //   kms://kmip?endpoint=HOST:PORT&keyID=UID&clientCert=F&clientKey=F&serverCA=F
 //   kms://aws?keyID=ID&region=R&accessKeyID=A&accessKey=S[&endpoint=URL]
+//   kms://azure?tenantID=T&clientID=C&clientSecret=S&vaultName=V&vaultType=D&keyName=K
+//   kms://gcp?projectID=P&location=L&keyRing=R&keyName=K&(credentialsPath=F|credentials=JSON)
 // INVALID_ARGUMENT for a malformed URI (the message never quotes secrets such as pin= or
 // accessKey=); UNIMPLEMENTED for a provider that is not registered (naming those that are).
 absl::StatusOr<std::unique_ptr<KekProvider>> OpenKekProvider(std::string_view uri,
@@ -183,8 +185,8 @@ absl::StatusOr<std::unique_ptr<DekStore>> NewSqliteDekStore(const std::string& p
 void RegisterSqlite();
 
 // RedactUri returns `uri` with the values of secret parameters (pin, accessKey, key,
-// clientSecret, secretKey, password, sessionToken; names compared without case) replaced by
-// "***", for logs and errors.
+// clientSecret, secretKey, password, sessionToken, credentials; names compared without case)
+// replaced by "***", for logs and errors.
 std::string RedactUri(std::string_view uri);
 // IsSecretUriParam says whether RedactUri hides the value of parameter `name` (any case).
 bool IsSecretUriParam(std::string_view name);
