@@ -201,7 +201,10 @@ EtcdKv::EtcdKv(std::vector<std::string> endpoints,
       description_("etcd://" + JoinEndpoints(endpoints_)),
       channels_(std::move(channels)),
       timeout_(timeout) {
-  for (const auto& channel : channels_) stubs_.push_back(etcdserverpb::KV::NewStub(channel));
+  for (const auto& channel : channels_) {
+    stubs_.push_back(etcdserverpb::KV::NewStub(channel));
+    watch_stubs_.push_back(etcdserverpb::Watch::NewStub(channel));
+  }
 }
 
 // Call runs `rpc(stub, context)` until it succeeds, fails for good, or the timeout passes
@@ -288,6 +291,200 @@ absl::Status EtcdKv::Ping(const std::string& key) {
               [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
                 return stub.Range(context, request, &response);
               });
+}
+
+absl::Status EtcdKv::Put(const etcdserverpb::PutRequest& request,
+                         etcdserverpb::PutResponse* response) {
+  return Call("Put", [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
+    return stub.Put(context, request, response);
+  });
+}
+
+absl::Status EtcdKv::DeleteRange(const etcdserverpb::DeleteRangeRequest& request,
+                                 etcdserverpb::DeleteRangeResponse* response) {
+  return Call("DeleteRange", [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
+    return stub.DeleteRange(context, request, response);
+  });
+}
+
+absl::Status EtcdKv::Compact(int64_t revision, bool physical) {
+  etcdserverpb::CompactionRequest request;
+  request.set_revision(revision);
+  request.set_physical(physical);
+  etcdserverpb::CompactionResponse response;
+  return Call("Compact", [&](etcdserverpb::KV::Stub& stub, grpc::ClientContext* context) {
+    return stub.Compact(context, request, &response);
+  });
+}
+
+// ---- Watch ----
+//
+// The synchronous streaming API blocks in Read; a small thread per stream cancels the call
+// (ClientContext::TryCancel) when `stop` is set or when the watch was not created by the
+// attempt's deadline, so a stopped or unreachable member never holds the caller longer than
+// about 50 ms past either. After a cancellation the stream is drained before Finish, as gRPC's
+// synchronous API requires.
+
+// kWatchStopPoll is how often the canceller thread looks at `stop`.
+constexpr milliseconds kWatchStopPoll{50};
+
+struct EtcdKv::WatchAttempt {
+  enum class End { kStopped, kError, kRetry } end = End::kRetry;
+  absl::Status status;       // kError: the error; kRetry: what went wrong (for the message)
+  bool established = false;  // the watch was created (a member served it)
+  int64_t next_revision = 0;
+};
+
+EtcdKv::WatchAttempt EtcdKv::WatchOnce(size_t index, const std::string& key,
+                                       const std::string& range_end, int64_t start_revision,
+                                       bool wait_for_ready, Clock::time_point connect_deadline,
+                                       const WatchHandler& on_events,
+                                       const std::atomic<bool>& stop) {
+  WatchAttempt out;
+  out.next_revision = start_revision;
+  grpc::ClientContext context;
+  // Without this etcd keeps a watch open on a member that lost its leader (and so sees no new
+  // revisions); with it the member ends the stream (UNAVAILABLE, "no leader") and Watch moves on.
+  context.AddMetadata("hasleader", "true");
+  context.set_wait_for_ready(wait_for_ready);
+  std::atomic<bool> established{false};
+  std::atomic<bool> done{false};
+  std::atomic<bool> timed_out{false};
+  std::thread canceller([&] {
+    while (!done.load()) {
+      if (stop.load()) {
+        context.TryCancel();
+        return;
+      }
+      if (!established.load() && Clock::now() >= connect_deadline) {
+        timed_out.store(true);
+        context.TryCancel();
+        return;
+      }
+      std::this_thread::sleep_for(kWatchStopPoll);
+    }
+  });
+
+  auto stream = watch_stubs_[index]->Watch(&context);
+  etcdserverpb::WatchRequest request;
+  etcdserverpb::WatchCreateRequest* create = request.mutable_create_request();
+  create->set_key(key);
+  create->set_range_end(range_end);
+  create->set_start_revision(start_revision);
+  bool open = stream->Write(request);
+  etcdserverpb::WatchResponse response;
+  while (open && stream->Read(&response)) {
+    if (response.created()) {
+      if (response.canceled()) {
+        out.end = WatchAttempt::End::kError;
+        out.status = FailedPreconditionError("etcd at {} refused the watch: {}", endpoints_[index],
+                                             Printable(response.cancel_reason(), 300));
+        break;
+      }
+      established.store(true);
+      out.established = true;
+      preferred_.store(index, std::memory_order_relaxed);
+      continue;
+    }
+    if (response.compact_revision() != 0) {
+      out.end = WatchAttempt::End::kError;
+      out.status = MakeStatus(absl::StatusCode::kOutOfRange,
+                              "etcd compacted its history past revision {} (kept from {})",
+                              out.next_revision, response.compact_revision());
+      break;
+    }
+    if (response.canceled()) {
+      out.end = WatchAttempt::End::kRetry;
+      out.status = UnavailableError("etcd at {} cancelled the watch: {}", endpoints_[index],
+                                    Printable(response.cancel_reason(), 300));
+      break;
+    }
+    if (response.events_size() == 0) continue;  // a progress notification
+    const bool more = on_events(response);
+    const auto& last = response.events(response.events_size() - 1);
+    out.next_revision = std::max(out.next_revision, last.kv().mod_revision() + 1);
+    if (!more) {
+      out.end = WatchAttempt::End::kStopped;
+      break;
+    }
+  }
+  context.TryCancel();
+  while (stream->Read(&response)) {
+  }
+  const grpc::Status status = stream->Finish();
+  done.store(true);
+  canceller.join();
+  if (out.end != WatchAttempt::End::kRetry || !out.status.ok()) return out;
+  if (stop.load()) {
+    out.end = WatchAttempt::End::kStopped;
+    return out;
+  }
+  if (timed_out.load()) {
+    out.status = UnavailableError("{}: no watch within the attempt's time", endpoints_[index]);
+    return out;
+  }
+  if (status.ok() || IsRetryable(status) || status.error_code() == grpc::StatusCode::CANCELLED) {
+    out.status = UnavailableError("{}", GrpcErrorText(status));
+    return out;
+  }
+  out.end = WatchAttempt::End::kError;
+  out.status =
+      MakeStatus(static_cast<absl::StatusCode>(status.error_code()),
+                 "etcd at {} refused the watch: {}", endpoints_[index], GrpcErrorText(status));
+  return out;
+}
+
+absl::Status EtcdKv::Watch(const std::string& key, const std::string& range_end,
+                           int64_t start_revision, const WatchHandler& on_events,
+                           const std::atomic<bool>& stop) {
+  const size_t n = watch_stubs_.size();
+  size_t index = preferred_.load(std::memory_order_relaxed) % n;
+  int64_t next = start_revision;
+  std::vector<std::string> last_errors(n);
+  Clock::time_point deadline = Clock::now() + timeout_;
+  size_t failed_in_round = 0;
+  int round = 0;
+  milliseconds pause = kFirstRoundPause;
+  while (!stop.load()) {
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) break;
+    auto budget = std::chrono::duration_cast<milliseconds>(deadline - now);
+    if (n > 1) budget = std::min(budget, std::max(budget / 2, kMinAttemptBudget));
+    WatchAttempt attempt =
+        WatchOnce(index, key, range_end, next, round > 0, now + budget, on_events, stop);
+    next = attempt.next_revision;
+    if (attempt.end == WatchAttempt::End::kStopped) return absl::OkStatus();
+    if (attempt.end == WatchAttempt::End::kError) return attempt.status;
+    last_errors[index] = StatusMessage(attempt.status);
+    if (attempt.established) {
+      // The watch ran and then broke: a fresh deadline for finding another member.
+      deadline = Clock::now() + timeout_;
+      failed_in_round = 0;
+      round = 0;
+      pause = kFirstRoundPause;
+      std::fill(last_errors.begin(), last_errors.end(), std::string());
+      last_errors[index] = StatusMessage(attempt.status);
+    }
+    index = (index + 1) % n;
+    if (++failed_in_round >= n) {
+      failed_in_round = 0;
+      ++round;
+      const auto left = deadline - Clock::now();
+      if (left <= Clock::duration::zero()) break;
+      std::this_thread::sleep_for(std::min<Clock::duration>(pause, left));
+      pause = std::min(pause * 2, kMaxRoundPause);
+    }
+  }
+  if (stop.load()) return absl::OkStatus();
+  std::string details;
+  for (size_t i = 0; i < n; ++i) {
+    if (last_errors[i].empty()) continue;
+    if (!details.empty()) details += "; ";
+    details += endpoints_[i] + ": " + last_errors[i];
+  }
+  if (details.empty()) details = "no attempt finished";
+  return UnavailableError("etcd at {} unreachable: no member took the watch within {} ms ({})",
+                          JoinEndpoints(endpoints_), timeout_.count(), details);
 }
 
 absl::StatusOr<std::unique_ptr<EtcdKv>> EtcdKv::Connect(const EtcdOptions& options) {

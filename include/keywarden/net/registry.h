@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "keywarden/crypto/ed25519.h"
 #include "keywarden/net/wireguard.h"
 #include "keywarden/secret_bytes.h"
 
@@ -104,6 +105,70 @@ class EntryVerifier {
   virtual absl::StatusOr<VerifiedEntry> Verify(std::string_view node, std::string_view record) = 0;
 };
 
+// ---- Factories --------------------------------------------------------------------------------
+
+// kAuthorityInfo is the HKDF info label of the authority's Ed25519 seed
+// (docs/formats/network-registry.md, "Labels").
+inline constexpr std::string_view kAuthorityInfo = "keywarden-net-authority-v1";
+
+// NewAuthority derives the cluster's network authority from the 32-byte cluster KEK:
+// seed = HKDF-Expand(KEK, "keywarden-net-authority-v1", 32) (RFC 5869 §2.3; the KEK is the PRK,
+// as for DEKs, DESIGN.md §2), then the Ed25519 key of that seed. Every key service replica of a
+// cluster derives the same authority. INVALID_ARGUMENT for a KEK of another size. The returned
+// Authority is thread-safe.
+absl::StatusOr<std::unique_ptr<Authority>> NewAuthority(const SecretBytes& kek);
+// NewAuthorityFromSeed uses a given 32-byte Ed25519 seed (tests, tools).
+absl::StatusOr<std::unique_ptr<Authority>> NewAuthorityFromSeed(const SecretBytes& seed);
+
+// NodeSigningKey is a node's Ed25519 signing key. The agent generates it in memory at start
+// (GenerateNodeSigningKey), asks the join service for a credential for its public_key(), and
+// hands both to NewNodeSigner. It is never written anywhere.
+using NodeSigningKey = crypto::Ed25519KeyPair;
+// GenerateNodeSigningKey returns a fresh key from the CSPRNG; fails closed (UNAVAILABLE).
+absl::StatusOr<NodeSigningKey> GenerateNodeSigningKey();
+
+// NewNodeSigner pairs `credential` (the bytes Authority::Issue returned) with the signing key it
+// certifies. DATA_LOSS when the credential is malformed; FAILED_PRECONDITION when it certifies
+// another key. The authority's signature is not checked here (verifiers check it). Thread-safe.
+absl::StatusOr<std::unique_ptr<NodeSigner>> NewNodeSigner(std::span<const uint8_t> credential,
+                                                          NodeSigningKey signing_key);
+
+// VerifierClock returns the current time; credentials expire against it.
+using VerifierClock = std::function<std::chrono::system_clock::time_point()>;
+
+// NewEntryVerifier checks records against `authority` and `cluster_id` (64 lower-case hex
+// digits; INVALID_ARGUMENT otherwise). `clock` defaults to the system clock. The TOFU map (node
+// name -> EK fingerprint) lives in the verifier's memory: a new verifier (an agent restart)
+// starts empty.
+absl::StatusOr<std::unique_ptr<EntryVerifier>> NewEntryVerifier(const Ed25519PublicKey& authority,
+                                                                std::string_view cluster_id,
+                                                                VerifierClock clock = {});
+
+// ---- The record format, for tests, tools and fuzzing ------------------------------------------
+// docs/formats/network-registry.md describes every byte.
+
+// Limits of the format.
+inline constexpr size_t kMaxAllowedIps = 64;
+inline constexpr size_t kMaxRecordSize = 4096;
+
+// ParsedRecord is a record taken apart without any signature or policy check.
+struct ParsedRecord {
+  NodeCredential credential;
+  std::vector<uint8_t> credential_bytes;  // the credential as Issue returned it
+  NodeEntry entry;
+  std::array<uint8_t, crypto::kEd25519SignatureSize> entry_signature{};
+};
+
+// ParseCredential / ParseRecord check structure only: magic, version, sizes, counts, names,
+// canonical addresses, times in range, no trailing bytes. DATA_LOSS naming the first problem
+// (never quoting key bytes). They do not verify signatures: use EntryVerifier.
+absl::StatusOr<NodeCredential> ParseCredential(std::span<const uint8_t> credential);
+absl::StatusOr<ParsedRecord> ParseRecord(std::string_view record);
+// SerializeRecord is ParseRecord's inverse: SerializeRecord(*ParseRecord(r)) == r for every
+// record ParseRecord accepts (the format is canonical). INVALID_ARGUMENT for a record that
+// could not be parsed back.
+absl::StatusOr<std::string> SerializeRecord(const ParsedRecord& record);
+
 // ---- Store ------------------------------------------------------------------------------------
 
 // RegistryEvent is one change to the registry.
@@ -138,5 +203,18 @@ class RegistryStore {
                              const std::atomic<bool>& stop) = 0;
   virtual std::string Describe() const = 0;
 };
+
+// OpenRegistryStore opens the registry in the cluster store a URI names (the forms of
+// keywarden/store/kek_store.h):
+//   sqlite://PATH   a table in the SQLite file (created if absent; WAL, safe to share between
+//                   processes); Watch polls a revision counter every 100 ms.
+//   etcd://HOST:PORT[,HOST:PORT...][?ca=&cert=&key=&prefix=/keywarden/]
+//                   keys PREFIX + "net/nodes/" + NAME; Watch is etcd's Watch stream.
+// `timeout` bounds each operation (connect included). INVALID_ARGUMENT for a malformed URI;
+// FAILED_PRECONDITION when a SQLite file cannot be opened; UNAVAILABLE when no etcd member
+// answers. Put and Delete refuse names that are not ValidNodeName (INVALID_ARGUMENT) and records
+// longer than kMaxRecordSize. List and Watch skip keys that are not valid names.
+absl::StatusOr<std::unique_ptr<RegistryStore>> OpenRegistryStore(
+    std::string_view uri, std::chrono::milliseconds timeout = std::chrono::seconds(2));
 
 }  // namespace keywarden::net
