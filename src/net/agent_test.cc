@@ -1,0 +1,93 @@
+// PlanPeers: the difference between an interface's peers and the registry's, as UAPI updates.
+#include "keywarden/net/agent.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace keywarden::net {
+namespace {
+
+PublicKey Key(uint8_t fill) {
+  PublicKey key;
+  key.fill(fill);
+  return key;
+}
+
+Cidr C(std::string_view text) { return Cidr::Parse(text).value(); }
+Endpoint E(std::string_view text) { return Endpoint::Parse(text).value(); }
+
+PeerInfo Current(uint8_t key, std::string_view endpoint, std::vector<Cidr> ips,
+                 uint16_t keepalive = 0) {
+  PeerInfo peer;
+  peer.public_key = Key(key);
+  peer.endpoint = E(endpoint);
+  peer.allowed_ips = std::move(ips);
+  peer.persistent_keepalive_interval = keepalive;
+  return peer;
+}
+
+DesiredPeer Desired(std::string node, uint8_t key, std::string_view endpoint,
+                    std::vector<Cidr> ips) {
+  return DesiredPeer{std::move(node), Key(key), E(endpoint), std::move(ips), 1};
+}
+
+TEST(PlanPeers, UpToDateInterfaceNeedsNothing) {
+  Device device;
+  device.peers = {Current(1, "10.0.0.1:51820", {C("10.9.0.1/32"), C("fd00::1/128")})};
+  // Allowed IPs compare as sets (wireguard-go reports them in its own order).
+  EXPECT_TRUE(PlanPeers(device,
+                        {Desired("a", 1, "10.0.0.1:51820", {C("fd00::1/128"), C("10.9.0.1/32")})},
+                        0)
+                  .empty());
+}
+
+TEST(PlanPeers, AddsMissingRemovesDepartedUpdatesChanged) {
+  Device device;
+  device.peers = {Current(1, "10.0.0.1:51820", {C("10.9.0.1/32")}),
+                  Current(2, "10.0.0.2:51820", {C("10.9.0.2/32")}),
+                  Current(3, "10.0.0.3:51820", {C("10.9.0.3/32")})};
+  const std::vector<DesiredPeer> desired = {
+      Desired("a", 1, "10.0.0.1:51820", {C("10.9.0.1/32")}),   // unchanged
+      Desired("b", 2, "10.0.0.22:51820", {C("10.9.0.2/32")}),  // moved
+      Desired("d", 4, "10.0.0.4:51820", {C("10.9.0.4/32")})};  // joined; 3 left
+  std::vector<PeerUpdate> plan = PlanPeers(device, desired, 0);
+  ASSERT_EQ(plan.size(), 3u);
+  EXPECT_EQ(plan[0].public_key, Key(3));
+  EXPECT_TRUE(plan[0].remove);
+  EXPECT_EQ(plan[1].public_key, Key(2));
+  EXPECT_FALSE(plan[1].remove);
+  EXPECT_EQ(plan[1].endpoint, E("10.0.0.22:51820"));
+  EXPECT_TRUE(plan[1].replace_allowed_ips);
+  EXPECT_EQ(plan[2].public_key, Key(4));
+  EXPECT_EQ(plan[2].allowed_ips, std::vector<Cidr>{C("10.9.0.4/32")});
+  // The plan is what the UAPI client accepts.
+  DeviceUpdate update;
+  update.peers = std::move(plan);
+  EXPECT_TRUE(ValidateUpdate(update).ok()) << ValidateUpdate(update);
+}
+
+TEST(PlanPeers, ARotatedKeyReplacesThePeerAndMovesItsAddresses) {
+  Device device;
+  device.peers = {Current(1, "10.0.0.1:51820", {C("10.9.0.1/32")})};
+  std::vector<PeerUpdate> plan =
+      PlanPeers(device, {Desired("a", 9, "10.0.0.1:51820", {C("10.9.0.1/32")})}, 25);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_TRUE(plan[0].remove);
+  EXPECT_EQ(plan[0].public_key, Key(1));
+  EXPECT_EQ(plan[1].public_key, Key(9));
+  EXPECT_EQ(plan[1].persistent_keepalive_interval, std::optional<uint16_t>(25));
+  DeviceUpdate update;
+  update.peers = std::move(plan);
+  EXPECT_TRUE(ValidateUpdate(update).ok());
+}
+
+TEST(PlanPeers, KeepaliveChangeIsAnUpdate) {
+  Device device;
+  device.peers = {Current(1, "10.0.0.1:51820", {C("10.9.0.1/32")}, 0)};
+  EXPECT_EQ(PlanPeers(device, {Desired("a", 1, "10.0.0.1:51820", {C("10.9.0.1/32")})}, 25).size(),
+            1u);
+  EXPECT_TRUE(PlanPeers(device, {}, 0).size() == 1 && PlanPeers(device, {}, 0)[0].remove);
+}
+
+}  // namespace
+}  // namespace keywarden::net
