@@ -5,7 +5,8 @@
 // the logic the provider depends on, as Microsoft documents it — the Entra ID client-credentials
 // token endpoint (tenant, client id, secret and scope checked; tokens that expire) and Key Vault's
 // wrapkey / unwrapkey (bearer token and api-version checked; real RSA-OAEP-256 and AES key wrap
-// with python3-cryptography, so wrapping is real cryptography). It is not Azure: passing here
+// with python3-cryptography, so wrapping is real cryptography), started by
+// tests/azure_kv_standin.h. It is not Azure: passing here
 // says nothing about the live service beyond what its documentation promises
 // (docs/byok-azure-kv.md, "What is tested").
 #include <gmock/gmock.h>
@@ -13,9 +14,7 @@
 
 #include <algorithm>
 #include <barrier>
-#include <cctype>
 #include <chrono>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -24,7 +23,7 @@
 #include "keywarden/crypto/random.h"
 #include "keywarden/status.h"
 #include "src/byok/http.h"
-#include "tests/subprocess.h"
+#include "tests/azure_kv_standin.h"
 
 namespace keywarden::byok {
 namespace {
@@ -33,27 +32,12 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::chrono_literals;
 
-constexpr char kTenant[] = "kw-tenant";
-constexpr char kClientId[] = "6b3c2a9e-0d1f-4e5a-9b8c-7d6e5f4a3b2c";
-// A secret with characters that need form encoding (and %-encoding in the URI).
-constexpr char kClientSecret[] = "Kw8Q~st4nd.in+secret/=&%value";
-constexpr char kVaultName[] = "kwtest";
+using StandIn = keywarden::testing::AzureKvStandIn;
+constexpr const char* kTenant = StandIn::kTenant;
+constexpr const char* kClientId = StandIn::kClientId;
+constexpr const char* kClientSecret = StandIn::kClientSecret;
 
 std::string Message(const absl::Status& status) { return std::string(status.message()); }
-
-// UriEncode percent-encodes a URI parameter value.
-std::string UriEncode(std::string_view value) {
-  std::string out;
-  for (char c : value) {
-    if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_' ||
-        c == '~') {
-      out.push_back(c);
-    } else {
-      out += fmt::format("%{:02X}", static_cast<unsigned char>(c));
-    }
-  }
-  return out;
-}
 
 SecretBytes RandomDek(size_t size) {
   auto dek = crypto::RandomSecret(size);
@@ -67,116 +51,17 @@ bool SameBytes(const SecretBytes& a, const SecretBytes& b) {
   return std::equal(x.begin(), x.end(), y.begin(), y.end());
 }
 
-// StandIn runs tests/azure_kv_standin.py on a reserved loopback port.
-class StandIn {
- public:
-  struct Options {
-    int token_lifetime = 3599;
-    bool managed_hsm = false;
-  };
-
-  ::testing::AssertionResult Start(Options options) {
-    options_ = options;
-    port_ = keywarden::testing::ReservedPort::Reserve();
-    if (port_.port() == 0) return ::testing::AssertionFailure() << "no port";
-    log_ = std::make_unique<keywarden::testing::TempDir>("azkv-standin");
-    const std::string python =
-        std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
-    std::vector<std::string> argv = {
-        python,
-        (std::filesystem::path(KEYWARDEN_SOURCE_DIR) / "tests/azure_kv_standin.py").string(),
-        "--port",
-        std::to_string(port_.port()),
-        "--tenant",
-        kTenant,
-        "--client-id",
-        kClientId,
-        "--vault-host",
-        vault_host(),
-        "--scope",
-        options.managed_hsm ? "https://managedhsm.azure.net/.default"
-                            : "https://vault.azure.net/.default",
-        "--token-lifetime",
-        std::to_string(options.token_lifetime)};
-    for (const char* key : options.managed_hsm
-                               ? std::vector<const char*>{"aeskek:oct", "aesother:oct"}
-                               : std::vector<const char*>{"kek:rsa", "other:rsa"}) {
-      argv.push_back("--key");
-      argv.push_back(key);
-    }
-    keywarden::testing::BackgroundOptions background;
-    background.log = *log_ / "standin.log";
-    background.env_overrides = {{"AZKV_STANDIN_CLIENT_SECRET", kClientSecret}};
-    auto started = process_.Start(argv, background);
-    if (!started) return started;
-    return keywarden::testing::WaitForPort(process_, port_.port(), "azure_kv_standin", 30s);
-  }
-
-  void Kill() { process_.Kill(); }
-
-  std::string vault_host() const {
-    return fmt::format("{}.{}", kVaultName,
-                       options_.managed_hsm ? "managedhsm.azure.net" : "vault.azure.net");
-  }
-  std::string endpoint() const { return fmt::format("http://127.0.0.1:{}", port_.port()); }
-
-  // Uri returns a kms://azure URI for `key` at the stand-in (both the vault and the login host).
-  std::string Uri(std::string_view key, std::string_view secret = kClientSecret,
-                  std::string_view tenant = kTenant, std::string_view client = kClientId) const {
-    return fmt::format(
-        "kms://azure?tenantID={}&clientID={}&clientSecret={}&vaultName={}&vaultType={}"
-        "&keyName={}&endpoint={}&authEndpoint={}{}",
-        tenant, client, UriEncode(secret), kVaultName,
-        options_.managed_hsm ? "managedhsm.azure.net" : "vault.azure.net", key, endpoint(),
-        endpoint(), options_.managed_hsm ? "&algorithm=A256KW" : "");
-  }
-
-  std::unique_ptr<KekProvider> Open(std::string_view key) const {
-    auto provider = OpenKekProvider(Uri(key), {.timeout = 10s});
-    EXPECT_TRUE(provider.ok()) << provider.status();
-    return provider.ok() ? *std::move(provider) : nullptr;
-  }
-
-  // Control sends a /_test/ request and returns the JSON answer (null on failure).
-  nlohmann::json Control(std::string_view method, std::string_view path,
-                         const nlohmann::json& body = nlohmann::json::object()) const {
-    auto client = http::Client::New(10s);
-    if (!client.ok()) return nullptr;
-    const std::string text = body.dump();
-    http::Request request;
-    request.method = std::string(method);
-    request.url = endpoint() + std::string(path);
-    request.headers = {{"Content-Type", "application/json"}};
-    request.body = {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
-    auto response = (*client)->Send(request);
-    if (!response.ok() || response->status != 200) {
-      ADD_FAILURE() << path << ": "
-                    << (response.ok() ? response->body : Message(response.status()));
-      return nullptr;
-    }
-    return nlohmann::json::parse(response->body, nullptr, false);
-  }
-  int Stat(std::string_view name) const {
-    const auto stats = Control("GET", "/_test/stats");
-    return stats.is_object() ? stats.value(std::string(name), -1) : -1;
-  }
-  void Fail(std::string_view target, int count, int status) const {
-    Control("POST", "/_test/fail", {{"target", target}, {"count", count}, {"status", status}});
-  }
-
-  std::string Log() const { return process_.Log(); }
-
- private:
-  Options options_;
-  keywarden::testing::ReservedPort port_;
-  std::unique_ptr<keywarden::testing::TempDir> log_;
-  keywarden::testing::Background process_;
-};
-
 class AzureKeyVaultE2eTest : public ::testing::Test {
  protected:
   void SetUp() override { RegisterAllProviders(); }
-  void Start(StandIn::Options options = {}) { ASSERT_TRUE(standin_.Start(options)); }
+  void Start(StandIn::Options options) { ASSERT_TRUE(standin_.Start(std::move(options))); }
+  void Start() { Start(StandIn::Options()); }
+  // Open returns the provider of the stand-in's key `key` (kms://azure through the registry).
+  std::unique_ptr<KekProvider> Open(std::string_view key) const {
+    auto provider = OpenKekProvider(standin_.Uri(key), {.timeout = 10s});
+    EXPECT_TRUE(provider.ok()) << provider.status();
+    return provider.ok() ? *std::move(provider) : nullptr;
+  }
   // ExpectNoSecrets checks that a message carries neither the client secret (raw or
   // form-encoded) nor a bearer token.
   static void ExpectNoSecrets(const absl::Status& status) {
@@ -191,7 +76,7 @@ class AzureKeyVaultE2eTest : public ::testing::Test {
 
 TEST_F(AzureKeyVaultE2eTest, RoundTripsThroughTheUriWithOneToken) {
   Start();
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   EXPECT_EQ(provider->kek_id(), "azure-kv:kwtest.vault.azure.net/keys/kek");
   EXPECT_EQ(standin_.Stat("token_requests"), 0) << "no request before the first Wrap/Unwrap";
@@ -229,7 +114,7 @@ TEST_F(AzureKeyVaultE2eTest, RoundTripsThroughTheUriWithOneToken) {
 
 TEST_F(AzureKeyVaultE2eTest, UnwrapUsesTheKeyVersionTheWrapUsed) {
   Start();
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   const SecretBytes dek1 = RandomDek(32), dek2 = RandomDek(32);
   auto blob1 = WrapDek(*provider, "vol", dek1);
@@ -254,7 +139,7 @@ TEST_F(AzureKeyVaultE2eTest, UnwrapUsesTheKeyVersionTheWrapUsed) {
 
 TEST_F(AzureKeyVaultE2eTest, RefreshesTheTokenAfterExpiry) {
   Start({.token_lifetime = 2});
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   const SecretBytes dek = RandomDek(32);
   auto blob = WrapDek(*provider, "vol", dek);
@@ -273,7 +158,7 @@ TEST_F(AzureKeyVaultE2eTest, RefreshesTheTokenAfterExpiry) {
 
 TEST_F(AzureKeyVaultE2eTest, RefetchesTheTokenAfterA401) {
   Start();
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   const SecretBytes dek = RandomDek(32);
   auto blob = WrapDek(*provider, "vol", dek);
@@ -331,7 +216,7 @@ TEST_F(AzureKeyVaultE2eTest, TheManagedHsmScopeIsNotTheVaultScope) {
 
 TEST_F(AzureKeyVaultE2eTest, ManagedHsmAesKeyWrapRoundTripsAndRefusesTampering) {
   Start({.managed_hsm = true});
-  auto provider = standin_.Open("aeskek");
+  auto provider = Open("aeskek");
   ASSERT_NE(provider, nullptr);
   EXPECT_EQ(provider->kek_id(), "azure-kv:kwtest.managedhsm.azure.net/keys/aeskek");
   for (size_t size : {1, 7, 8, 32, 255, 256}) {
@@ -351,7 +236,7 @@ TEST_F(AzureKeyVaultE2eTest, ManagedHsmAesKeyWrapRoundTripsAndRefusesTampering) 
     auto refused = UnwrapDek(*provider, "hsm-vol", tampered);
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
   }
-  auto other = standin_.Open("aesother");
+  auto other = Open("aesother");
   ASSERT_NE(other, nullptr);
   auto blob = WrapDek(*provider, "hsm-vol", RandomDek(32));
   ASSERT_TRUE(blob.ok());
@@ -366,7 +251,7 @@ TEST_F(AzureKeyVaultE2eTest, ManagedHsmAesKeyWrapRoundTripsAndRefusesTampering) 
 
 TEST_F(AzureKeyVaultE2eTest, TamperedBlobsAreRefused) {
   Start();
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   auto stored = WrapDek(*provider, "vol", RandomDek(32));
   ASSERT_TRUE(stored.ok()) << stored.status();
@@ -399,8 +284,8 @@ TEST_F(AzureKeyVaultE2eTest, TamperedBlobsAreRefused) {
 
 TEST_F(AzureKeyVaultE2eTest, ABlobUnderAnotherKeyIsRefused) {
   Start();
-  auto kek = standin_.Open("kek");
-  auto other = standin_.Open("other");
+  auto kek = Open("kek");
+  auto other = Open("other");
   ASSERT_TRUE(kek && other);
   auto stored = WrapDek(*kek, "vol", RandomDek(32));
   ASSERT_TRUE(stored.ok()) << stored.status();
@@ -425,7 +310,7 @@ TEST_F(AzureKeyVaultE2eTest, ABlobUnderAnotherKeyIsRefused) {
 
 TEST_F(AzureKeyVaultE2eTest, RetriesThrottlingThenGivesUpUnavailable) {
   Start();
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   // Two 429s, then success: within the bound of three attempts.
   standin_.Fail("vault", 2, 429);
@@ -439,7 +324,7 @@ TEST_F(AzureKeyVaultE2eTest, RetriesThrottlingThenGivesUpUnavailable) {
   EXPECT_THAT(Message(down.status()), HasSubstr("503"));
   EXPECT_EQ(standin_.Stat("injected_failures"), 5);
   // The token endpoint too: three 429s on a fresh provider.
-  auto fresh = standin_.Open("kek");
+  auto fresh = Open("kek");
   ASSERT_NE(fresh, nullptr);
   standin_.Fail("token", 3, 429);
   auto no_token = fresh->Wrap(RandomDek(32));
@@ -452,12 +337,12 @@ TEST_F(AzureKeyVaultE2eTest, RetriesThrottlingThenGivesUpUnavailable) {
 
 TEST_F(AzureKeyVaultE2eTest, AKilledServerIsUnavailable) {
   Start();
-  auto provider = standin_.Open("kek");
-  auto fresh = standin_.Open("kek");
+  auto provider = Open("kek");
+  auto fresh = Open("kek");
   ASSERT_TRUE(provider && fresh);
   auto stored = WrapDek(*provider, "vol", RandomDek(32));
   ASSERT_TRUE(stored.ok()) << stored.status();
-  standin_.Kill();
+  standin_.Stop();
   // With a cached token (the vault is gone) and without one (the login host is gone).
   auto unwrap = UnwrapDek(*provider, "vol", *stored);
   EXPECT_EQ(unwrap.status().code(), absl::StatusCode::kUnavailable) << unwrap.status();
@@ -472,7 +357,7 @@ TEST_F(AzureKeyVaultE2eTest, AKilledServerIsUnavailable) {
 
 TEST_F(AzureKeyVaultE2eTest, ConcurrentWrapsShareOneTokenFetch) {
   Start();
-  auto provider = standin_.Open("kek");
+  auto provider = Open("kek");
   ASSERT_NE(provider, nullptr);
   constexpr int kThreads = 8;
   std::barrier start(kThreads);

@@ -3,13 +3,11 @@
 // Google's OAuth token endpoint, used because no emulator of Cloud KMS exists. The stand-in
 // verifies the service-account JWT (RS256 signature with the account's public key, iss, aud,
 // scope, iat/exp), issues expiring tokens, and encrypts with real AES-256-GCM under the request's
-// additional authenticated data, checking and sending the CRC32C fields. The service-account key
-// (RSA 2048) is generated here. Untested against the live service: docs/byok-gcp.md.
+// additional authenticated data, checking and sending the CRC32C fields; tests/gcp_kms_standin.h
+// starts it. The service-account keys (RSA 2048) are generated once per suite. Untested against
+// the live service: docs/byok-gcp.md.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rsa.h>
 
 #include <barrier>
 #include <chrono>
@@ -21,7 +19,7 @@
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/crypto/random.h"
 #include "keywarden/status.h"
-#include "src/byok/http.h"
+#include "tests/gcp_kms_standin.h"
 #include "tests/subprocess.h"
 
 namespace keywarden::byok {
@@ -30,34 +28,10 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-constexpr char kPython[] = "/usr/bin/python3";  // Debian's, with python3-cryptography
-constexpr char kClientEmail[] = "keywarden-test@kw-test.iam.gserviceaccount.com";
-constexpr char kKeyRingName[] = "projects/kw-test/locations/global/keyRings/kw-ring";
+using StandIn = keywarden::testing::GcpKmsStandIn;
+constexpr const char* kKeyRingName = StandIn::kKeyRingName;
 
 std::string Message(const absl::Status& status) { return std::string(status.message()); }
-
-// PemPair is an RSA key in PKCS#8 PEM (as in Google's key files) and its public key.
-struct PemPair {
-  std::string private_pem;
-  std::string public_pem;
-};
-
-std::string BioText(BIO* bio) {
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(bio, &data);
-  return std::string(data, static_cast<size_t>(size));
-}
-
-PemPair GenerateRsa2048() {
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> pkey(EVP_RSA_gen(2048), &EVP_PKEY_free);
-  EXPECT_NE(pkey, nullptr);
-  std::unique_ptr<BIO, decltype(&BIO_free)> priv(BIO_new(BIO_s_mem()), &BIO_free);
-  std::unique_ptr<BIO, decltype(&BIO_free)> pub(BIO_new(BIO_s_mem()), &BIO_free);
-  EXPECT_EQ(PEM_write_bio_PrivateKey(priv.get(), pkey.get(), nullptr, nullptr, 0, nullptr, nullptr),
-            1);
-  EXPECT_EQ(PEM_write_bio_PUBKEY(pub.get(), pkey.get()), 1);
-  return {BioText(priv.get()), BioText(pub.get())};
-}
 
 std::string PemMiddleLine(const std::string& pem) {
   size_t start = 0;
@@ -68,8 +42,8 @@ std::string PemMiddleLine(const std::string& pem) {
 class GcpStandinTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    account_key_ = new PemPair(GenerateRsa2048());
-    rogue_key_ = new PemPair(GenerateRsa2048());
+    account_key_ = new StandIn::RsaPem(StandIn::GenerateRsa2048());
+    rogue_key_ = new StandIn::RsaPem(StandIn::GenerateRsa2048());
   }
   static void TearDownTestSuite() {
     delete account_key_;
@@ -77,57 +51,19 @@ class GcpStandinTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    port_ = testing::ReservedPort::Reserve();
-    ASSERT_NE(port_.port(), 0);
-    base_ = "http://127.0.0.1:" + std::to_string(port_.port());
-    public_key_ = dir_.WriteFile("sa-public.pem", account_key_->public_pem);
-    credentials_ = dir_.WriteFile("sa.json", KeyFile(account_key_->private_pem));
-    StartStandin();
-    auto http = http::Client::New(std::chrono::seconds(10));
-    ASSERT_TRUE(http.ok());
-    http_ = *std::move(http);
+    ASSERT_NE(standin_.port(), 0);
+    base_ = standin_.endpoint();
+    ASSERT_TRUE(standin_.Start(*account_key_));
   }
-
-  void StartStandin() {
-    std::vector<std::string> argv = {
-        kPython,          std::string(KEYWARDEN_SOURCE_DIR) + "/tests/gcp_kms_standin.py",
-        "--port",         std::to_string(port_.port()),
-        "--public-key",   public_key_.string(),
-        "--client-email", kClientEmail,
-        "--token-uri",    TokenUri()};
-    for (const char* key : {"kek", "other"}) {
-      argv.push_back("--key");
-      argv.push_back(std::string(kKeyRingName) + "/cryptoKeys/" + key);
-    }
-    testing::BackgroundOptions options;
-    options.log = dir_ / "standin.log";
-    ASSERT_TRUE(standin_.Start(argv, options));
-    ASSERT_TRUE(
-        testing::WaitForPort(standin_, port_.port(), "gcp_kms_standin", std::chrono::seconds(30)));
-  }
-
-  std::string TokenUri() const { return base_ + "/token"; }
 
   // KeyFile is a service-account key file as Google issues it, for `private_pem`.
   std::string KeyFile(const std::string& private_pem,
-                      std::string_view client_email = kClientEmail) const {
-    return nlohmann::json({{"type", "service_account"},
-                           {"project_id", "kw-test"},
-                           {"private_key_id", "4f3c1a2b5d6e7f8091a2b3c4d5e6f708192a3b4c"},
-                           {"private_key", private_pem},
-                           {"client_email", client_email},
-                           {"client_id", "100000000000000000042"},
-                           {"auth_uri", "https://accounts.google.com/o/oauth2/auth"},
-                           {"token_uri", TokenUri()},
-                           {"universe_domain", "googleapis.com"}})
-        .dump(2);
+                      std::string_view client_email = StandIn::kClientEmail) const {
+    return standin_.KeyFile(private_pem, client_email);
   }
 
   std::string Uri(std::string_view key = "kek", std::string credentials = "") const {
-    if (credentials.empty()) credentials = "credentialsPath=" + credentials_.string();
-    return fmt::format(
-        "kms://gcp?projectID=kw-test&location=global&keyRing=kw-ring&keyName={}&{}&endpoint={}",
-        key, credentials, base_);
+    return standin_.Uri(key, std::move(credentials));
   }
 
   std::unique_ptr<KekProvider> Open(const std::string& uri,
@@ -137,27 +73,9 @@ class GcpStandinTest : public ::testing::Test {
     return provider.ok() ? *std::move(provider) : nullptr;
   }
 
-  nlohmann::json Control(const nlohmann::json& settings) {
-    const std::string body = settings.dump();
-    http::Request request;
-    request.method = "POST";
-    request.url = base_ + "/control";
-    request.headers = {{"Content-Type", "application/json"}};
-    request.body = {reinterpret_cast<const uint8_t*>(body.data()), body.size()};
-    auto response = http_->Send(request);
-    EXPECT_TRUE(response.ok() && response->status == 200);
-    return response.ok() ? nlohmann::json::parse(response->body, nullptr, false) : nullptr;
-  }
-
-  nlohmann::json Stats() {
-    http::Request request;
-    request.url = base_ + "/stats";
-    auto response = http_->Send(request);
-    EXPECT_TRUE(response.ok() && response->status == 200);
-    return response.ok() ? nlohmann::json::parse(response->body, nullptr, false) : nullptr;
-  }
-
-  int Count(const char* what) { return Stats()[what].get<int>(); }
+  nlohmann::json Control(const nlohmann::json& settings) { return standin_.Control(settings); }
+  nlohmann::json Stats() { return standin_.Stats(); }
+  int Count(const char* what) { return standin_.Count(what); }
 
   // ExpectNoSecret checks that a message names none of the secrets in play.
   void ExpectNoSecret(const absl::Status& status, const SecretBytes* dek = nullptr) {
@@ -187,15 +105,12 @@ class GcpStandinTest : public ::testing::Test {
     return std::equal(x.begin(), x.end(), y.begin(), y.end());
   }
 
-  static inline PemPair* account_key_ = nullptr;
-  static inline PemPair* rogue_key_ = nullptr;
+  static inline StandIn::RsaPem* account_key_ = nullptr;
+  static inline StandIn::RsaPem* rogue_key_ = nullptr;
+  // dir_ holds the key files the tests write beside the stand-in's own.
   testing::TempDir dir_{"kw-gcp"};
-  testing::ReservedPort port_;
   std::string base_;
-  std::filesystem::path public_key_;
-  std::filesystem::path credentials_;
-  testing::Background standin_;
-  std::unique_ptr<http::Client> http_;
+  StandIn standin_;
 };
 
 TEST_F(GcpStandinTest, RoundTripThroughUriWithOneToken) {
@@ -331,7 +246,7 @@ TEST_F(GcpStandinTest, ServerDownIsUnavailable) {
   const SecretBytes dek = Dek(32);
   auto blob = WrapDek(*provider, "down", dek);
   ASSERT_TRUE(blob.ok()) << blob.status();
-  standin_.Kill();
+  standin_.Stop();
   auto wrapped = WrapDek(*provider, "down-2", dek);
   ASSERT_FALSE(wrapped.ok());
   EXPECT_EQ(wrapped.status().code(), absl::StatusCode::kUnavailable) << wrapped.status();

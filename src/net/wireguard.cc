@@ -143,7 +143,9 @@ std::optional<int64_t> ParseErrno(std::string_view text) {
   const bool negative = !text.empty() && text[0] == '-';
   if (negative) text.remove_prefix(1);
   const auto magnitude = ParseDecimal(text, static_cast<uint64_t>(INT64_MAX));
-  if (!magnitude) return std::nullopt;
+  // "-0" is no number wireguard-go writes (found by fuzz/net_uapi_fuzzer.cc: "errno=-0" passed
+  // ParseSetResponse, which accepts exactly "errno=0").
+  if (!magnitude || (negative && *magnitude == 0)) return std::nullopt;
   const auto value = static_cast<int64_t>(*magnitude);
   return negative ? -value : value;
 }
@@ -366,7 +368,10 @@ absl::StatusOr<SecretBytes> PrivateKeyFromHex(std::string_view text) {
 
 absl::StatusOr<IpAddress> IpAddress::Parse(std::string_view text) {
   // INET6_ADDRSTRLEN - 1 characters is the longest address text ("ffff:...:255.255.255.255").
-  if (text.empty() || text.size() >= INET6_ADDRSTRLEN) {
+  // A NUL would end the C string inet_pton reads, and what follows it would be ignored
+  // ("192.0.2.7\0junk" taken for 192.0.2.7; found by fuzz/net_uapi_fuzzer.cc).
+  if (text.empty() || text.size() >= INET6_ADDRSTRLEN ||
+      text.find('\0') != std::string_view::npos) {
     return InvalidArgumentError("\"{}\" is not an IP address", Printable(text));
   }
   const std::string copy(text);  // inet_pton needs a NUL terminator

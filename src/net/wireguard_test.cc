@@ -294,6 +294,14 @@ TEST(CidrTest, HostAndContains) {
   EXPECT_FALSE(Cidr::Parse("fd78::/64")->Contains(*IpAddress::Parse("fd78:0:0:1::1")));
 }
 
+TEST(EndpointTest, TextAfterANulIsNotIgnored) {
+  // Found by fuzz/net_uapi_fuzzer.cc: inet_pton stopped at the NUL.
+  using namespace std::string_view_literals;
+  EXPECT_FALSE(IpAddress::Parse("192.0.2.7\0junk"sv).ok());
+  EXPECT_FALSE(Endpoint::Parse("192.0.2.7\0\0:51820"sv).ok());
+  EXPECT_FALSE(Cidr::Parse("10.0.0.0\0/8"sv).ok());
+}
+
 TEST(EndpointTest, ParsesAndFormats) {
   for (const char* text :
        {"192.0.2.7:51820", "[2001:db8::7]:51820", "[::ffff:1.2.3.4]:1", "10.0.0.1:65535"}) {
@@ -616,8 +624,9 @@ TEST(UapiParseTest, ErrorsNeverQuoteSecrets) {
 
 TEST(UapiParseTest, SetReplyIsExactlyOneErrnoLine) {
   EXPECT_TRUE(ParseSetResponse("errno=0\n\n").ok());
-  for (const char* bad : {"", "errno=0\n", "errno=0", "errno=\n\n", "errno=x\n\n",
-                          "errno=0\nfoo=1\n\n", "foo=0\n\n", "\n\n", "errno=0\n\n\n"}) {
+  for (const char* bad :
+       {"", "errno=0\n", "errno=0", "errno=\n\n", "errno=x\n\n", "errno=0\nfoo=1\n\n", "foo=0\n\n",
+        "\n\n", "errno=0\n\n\n", "errno=-0\n\n"}) {
     EXPECT_EQ(ParseSetResponse(bad).code(), absl::StatusCode::kInternal) << bad;
   }
 }
