@@ -118,9 +118,10 @@ class Agent {
   const UapiClient uapi_;
 
   mutable std::mutex mu_;
-  std::map<std::string, VerifiedEntry> peers_;          // by node; guarded by mu_
-  std::map<std::string, std::string> refused_records_;  // last refused record per node
-  PublicKey public_key_{};                              // this node's current key
+  std::map<std::string, VerifiedEntry> peers_;           // by node; guarded by mu_
+  std::map<std::string, std::string> refused_records_;   // last refused record per node
+  std::map<std::string, std::string> accepted_records_;  // record of each entry in peers_
+  PublicKey public_key_{};                               // this node's current key
   AgentStats stats_;
   std::mutex rotate_mu_;  // one key change at a time
 };
