@@ -19,6 +19,7 @@
 #include "keywarden/crypto/sha256.h"
 #include "keywarden/keys/cluster.h"
 #include "keywarden/keys/master_secret.h"
+#include "keywarden/net/registry.h"
 #include "keywarden/service/audit.h"
 #include "keywarden/service/join.h"
 #include "keywarden/service/key_service.h"
@@ -407,14 +408,21 @@ TEST_F(JoinServiceTest, ANodeWithPcr15AlreadySetIsRefusedForJoinAndRejoin) {
     if (i > 0) std::this_thread::sleep_for(50ms);
     records = ReadAudit(audit_path());
     refusals = 0;
+    // This cluster's member value passes the handshake (IssueNetCredential needs it); the
+    // ticket handlers refuse it, before deriving any key, under the method's event.
     for (const Json& r : records) {
-      if (r["event"] == "attest" && r["decision"] == "deny" && r["node"] == fp &&
+      if ((r["event"] == "join" || r["event"] == "rejoin") && r["decision"] == "deny" &&
+          r["node"] == fp &&
           r["reason"].get<std::string>().find("PCR 15 is") != std::string::npos) {
         ++refusals;
       }
     }
   }
   EXPECT_EQ(refusals, 2) << DescribeAudit(records);
+  EXPECT_NE(FindRecord(records, "join", "deny", "PCR 15 is", fp), nullptr)
+      << DescribeAudit(records);
+  EXPECT_NE(FindRecord(records, "rejoin", "deny", "PCR 15 is", fp), nullptr)
+      << DescribeAudit(records);
 }
 
 TEST_F(JoinServiceTest, AReplayedDocumentIsRefusedOnAnotherConnection) {
@@ -492,6 +500,312 @@ TEST_F(JoinServiceTest, AMalformedUuidIsRefusedAndAudited) {
   EXPECT_EQ((*r)["key_id"], "not-a-uuid");
 }
 
+// ---- IssueNetCredential (issue 7) ---------------------------------------------------------------
+
+// EkSpkiSha256 is hex SHA-256 of the node's EK public key as DER SubjectPublicKeyInfo, read
+// with tpm2-tools (independently of Keywarden's TPM code and X.509 parsing). The TPM must be
+// free (Node::Close).
+std::string EkSpkiSha256(const SwtpmInstance& tpm, const std::filesystem::path& scratch) {
+  const std::filesystem::path der = scratch / "ek.der";
+  const RunResult r =
+      tpm.Tpm2Tool({"tpm2_createek", "-G", "rsa", "-c", (scratch / "ek.ctx").string(), "-u",
+                    der.string(), "-f", "der"});
+  EXPECT_TRUE(r.ok()) << r;
+  const std::optional<std::string> bytes = ReadFile(der);
+  EXPECT_TRUE(bytes.has_value() && !bytes->empty());
+  if (!bytes.has_value()) return "";
+  return crypto::HexEncode(crypto::Sha256(
+      {std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size())}));
+}
+
+// CallNetCredential sends a raw NetCredentialRequest (bytes as given) with `issuer`.
+absl::StatusOr<std::string> CallNetCredential(std::shared_ptr<crypto::AttestationIssuer> issuer,
+                                              const std::string& endpoint,
+                                              const std::string& request) {
+  crypto::AtlsClientOptions options;
+  options.issuer = std::move(issuer);
+  options.accept_unattested_server = true;
+  auto client = crypto::AtlsClient::New(options);
+  if (!client.ok()) return client.status();
+  return (*client)->Call(endpoint, kIssueNetCredentialMethod, request, 30s);
+}
+
+std::string NetRequest(std::string_view node, std::string_view signing_key) {
+  attest::NetCredentialRequest request;
+  request.set_node(std::string(node));
+  request.set_signing_key(std::string(signing_key));
+  return request.SerializeAsString();
+}
+
+net::NodeEntry EntryFor(std::string node) {
+  net::NodeEntry e;
+  e.node = std::move(node);
+  e.public_key.fill(0x42);
+  e.endpoint = *net::Endpoint::Parse("192.0.2.7:51820");
+  e.allowed_ips = {*net::Cidr::Parse("10.78.0.2/32")};
+  e.epoch = 1;
+  e.issued_at = std::chrono::system_clock::now();
+  return e;
+}
+
+TEST_F(JoinServiceTest, AJoinedNodeGetsANetCredentialThatVerifies) {
+  Node node(*ca_);
+  ASSERT_TRUE(node.tpm.Start());
+  node.Open();
+  // Join as `node join` does: ticket, then the clusterID into PCR 15.
+  auto ticket = RequestJoinTicket(node.issuer, endpoint(), kUuid, false, 60s);
+  ASSERT_TRUE(ticket.ok()) << ticket.status();
+  ASSERT_TRUE(node.issuer->ExtendPcr15WithEvent(ticket->cluster_id).ok());
+
+  auto key = net::GenerateNodeSigningKey();
+  ASSERT_TRUE(key.ok());
+  const net::Ed25519PublicKey signing_key = key->public_key();
+  const auto before = std::chrono::system_clock::now();
+  auto issued = RequestNetCredential(node.issuer, endpoint(), "node-a", signing_key, 60s);
+  ASSERT_TRUE(issued.ok()) << issued.status();
+
+  // The authority is net::NewAuthority(KEK), computed here from the master secret.
+  auto secret = keys::ReadMasterSecretFile(dir() / keys::kMasterSecretFileName);
+  ASSERT_TRUE(secret.ok());
+  auto kek = keys::Kek::FromMasterSecret(*secret);
+  ASSERT_TRUE(kek.ok());
+  auto authority = net::NewAuthority((*kek)->bytes());
+  ASSERT_TRUE(authority.ok());
+  EXPECT_EQ(issued->authority_key, (*authority)->public_key());
+
+  auto credential = net::ParseCredential(issued->credential);
+  ASSERT_TRUE(credential.ok()) << credential.status();
+  EXPECT_EQ(credential->node, "node-a");
+  EXPECT_EQ(credential->signing_key, signing_key);
+  EXPECT_EQ(credential->cluster_id, crypto::HexEncode(info_.cluster_id));
+  // Default lifetime: 24 h from the time of issue (floored to whole seconds).
+  EXPECT_GE(credential->not_after, before + kDefaultNetCredentialLifetime - 1s);
+  EXPECT_LE(credential->not_after,
+            std::chrono::system_clock::now() + kDefaultNetCredentialLifetime);
+
+  // An agent of this cluster accepts a record signed with the node's key.
+  auto signer = net::NewNodeSigner(issued->credential, std::move(*key));
+  ASSERT_TRUE(signer.ok()) << signer.status();
+  auto record = (*signer)->Record(EntryFor("node-a"));
+  ASSERT_TRUE(record.ok()) << record.status();
+  auto verifier = net::NewEntryVerifier(issued->authority_key, crypto::HexEncode(info_.cluster_id));
+  ASSERT_TRUE(verifier.ok()) << verifier.status();
+  auto verified = (*verifier)->Verify("node-a", *record);
+  ASSERT_TRUE(verified.ok()) << verified.status();
+  EXPECT_EQ(verified->entry.node, "node-a");
+  // ... and an agent of another cluster does not.
+  auto other_cluster = net::NewEntryVerifier(issued->authority_key, std::string(64, 'a'));
+  ASSERT_TRUE(other_cluster.ok());
+  EXPECT_EQ((*other_cluster)->Verify("node-a", *record).status().code(),
+            absl::StatusCode::kPermissionDenied);
+
+  node.Close();
+  // The EK fingerprint is SHA-256 of the EK's DER SPKI, as tpm2-tools exports it.
+  const std::string ek_spki = EkSpkiSha256(node.tpm, temp_.path());
+  EXPECT_EQ(credential->ek_fingerprint, ek_spki);
+  EXPECT_EQ(verified->ek_fingerprint, ek_spki);
+
+  const auto records = ReadAudit(audit_path());
+  const Json* r = FindRecord(records, "net-credential", "allow", "", node.EkFingerprint());
+  ASSERT_NE(r, nullptr) << DescribeAudit(records);
+  EXPECT_EQ((*r)["key_id"], "node-a");
+  EXPECT_THAT((*r)["reason"].get<std::string>(), HasSubstr(ek_spki));
+  ExpectNoKeysInAudit({crypto::HexEncode(signing_key), crypto::HexEncode(issued->authority_key),
+                       crypto::HexEncode(issued->credential), Hex(ticket->secrets.state_disk_key)});
+}
+
+TEST_F(JoinServiceTest, AFreshNodeIsRefusedANetCredential) {
+  Node node(*ca_);
+  ASSERT_TRUE(node.tpm.Start());
+  node.Open();
+  auto key = net::GenerateNodeSigningKey();
+  ASSERT_TRUE(key.ok());
+  auto issued = RequestNetCredential(node.issuer, endpoint(), "node-a", key->public_key(), 30s);
+  EXPECT_EQ(issued.status().code(), absl::StatusCode::kPermissionDenied) << issued.status();
+  EXPECT_THAT(std::string(issued.status().message()), HasSubstr("PCR 15 is zero"));
+  node.Close();
+  const auto records = ReadAudit(audit_path());
+  const Json* r =
+      FindRecord(records, "net-credential", "deny", "PCR 15 is zero", node.EkFingerprint());
+  EXPECT_NE(r, nullptr) << DescribeAudit(records);
+  EXPECT_EQ(FindRecord(records, "net-credential", "allow", ""), nullptr);
+}
+
+TEST_F(JoinServiceTest, ANodeOfAnotherClusterIsRefusedANetCredential) {
+  Node node(*ca_);
+  ASSERT_TRUE(node.tpm.Start());
+  node.Open();
+  keys::ClusterId other = info_.cluster_id;
+  other[0] ^= 1;
+  ASSERT_TRUE(node.issuer->ExtendPcr15WithEvent(other).ok());
+  auto key = net::GenerateNodeSigningKey();
+  ASSERT_TRUE(key.ok());
+  auto issued = RequestNetCredential(node.issuer, endpoint(), "node-a", key->public_key(), 30s);
+  EXPECT_EQ(issued.status().code(), absl::StatusCode::kPermissionDenied) << issued.status();
+  node.Close();
+  const std::string fp = node.EkFingerprint();
+  const auto records = AwaitAudit(audit_path(), "attest", "deny", "PCR 15 is", fp);
+  EXPECT_NE(FindRecord(records, "attest", "deny", "PCR 15 is", fp), nullptr)
+      << DescribeAudit(records);
+  EXPECT_EQ(FindRecord(records, "net-credential", "allow", ""), nullptr);
+}
+
+TEST_F(JoinServiceTest, AMemberWithJunkInPcr4IsRefusedANetCredential) {
+  Node node(*ca_);
+  ASSERT_TRUE(node.tpm.Start());
+  const RunResult extended =
+      node.tpm.Tpm2Tool({"tpm2_pcrextend", "4:sha256=" + std::string(64, 'e')});
+  ASSERT_TRUE(extended.ok()) << extended;
+  node.Open();
+  ASSERT_TRUE(node.issuer->ExtendPcr15WithEvent(info_.cluster_id).ok());
+  auto key = net::GenerateNodeSigningKey();
+  ASSERT_TRUE(key.ok());
+  auto issued = RequestNetCredential(node.issuer, endpoint(), "node-a", key->public_key(), 30s);
+  EXPECT_EQ(issued.status().code(), absl::StatusCode::kPermissionDenied) << issued.status();
+  node.Close();
+  const std::string fp = node.EkFingerprint();
+  const auto records = AwaitAudit(audit_path(), "attest", "deny", "PCR 4 does not match", fp);
+  EXPECT_NE(FindRecord(records, "attest", "deny", "PCR 4 does not match", fp), nullptr)
+      << DescribeAudit(records);
+  EXPECT_EQ(FindRecord(records, "net-credential", "allow", ""), nullptr);
+}
+
+TEST_F(JoinServiceTest, BadNetCredentialRequestsAreRefusedAndAudited) {
+  Node node(*ca_);
+  ASSERT_TRUE(node.tpm.Start());
+  node.Open();
+  ASSERT_TRUE(node.issuer->ExtendPcr15WithEvent(info_.cluster_id).ok());
+  const std::string good_key(32, '\x07');
+  for (const std::string& name :
+       std::vector<std::string>{"Node-A", "", "-a", "a-", "a.b", std::string(64, 'a')}) {
+    auto reply = CallNetCredential(node.issuer, endpoint(), NetRequest(name, good_key));
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument)
+        << "\"" << name << "\": " << reply.status();
+  }
+  for (const std::string& key :
+       {std::string(31, '\x07'), std::string(33, '\x07'), std::string(), std::string(32, '\0')}) {
+    auto reply = CallNetCredential(node.issuer, endpoint(), NetRequest("node-a", key));
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument)
+        << key.size() << ": " << reply.status();
+  }
+  auto junk = CallNetCredential(node.issuer, endpoint(), "\xff\xff\xff");
+  EXPECT_EQ(junk.status().code(), absl::StatusCode::kInvalidArgument) << junk.status();
+  // The node side refuses a bad name before sending anything.
+  auto local =
+      RequestNetCredential(node.issuer, endpoint(), "Node-A", net::Ed25519PublicKey{1}, 30s);
+  EXPECT_EQ(local.status().code(), absl::StatusCode::kInvalidArgument) << local.status();
+  // The same connection's good request still works.
+  auto good = CallNetCredential(node.issuer, endpoint(), NetRequest("node-a", good_key));
+  EXPECT_TRUE(good.ok()) << good.status();
+  node.Close();
+
+  const auto records = ReadAudit(audit_path());
+  const std::string fp = node.EkFingerprint();
+  const Json* r = FindRecord(records, "net-credential", "deny", "not a valid registry name", fp);
+  ASSERT_NE(r, nullptr) << DescribeAudit(records);
+  EXPECT_EQ((*r)["key_id"], "Node-A");
+  EXPECT_NE(FindRecord(records, "net-credential", "deny", "signing_key is 31 bytes", fp), nullptr)
+      << DescribeAudit(records);
+  EXPECT_NE(FindRecord(records, "net-credential", "deny", "all zero", fp), nullptr)
+      << DescribeAudit(records);
+  EXPECT_NE(FindRecord(records, "net-credential", "deny", "NetCredentialRequest", fp), nullptr)
+      << DescribeAudit(records);
+  int denials = 0;
+  for (const Json& rec : records) {
+    if (rec["event"] == "net-credential" && rec["decision"] == "deny") ++denials;
+  }
+  EXPECT_EQ(denials, 6 + 4 + 1) << DescribeAudit(records);
+  EXPECT_NE(FindRecord(records, "net-credential", "allow", "", fp), nullptr);
+  ExpectNoKeysInAudit({crypto::HexEncode(std::span<const uint8_t>(
+      reinterpret_cast<const uint8_t*>(good_key.data()), good_key.size()))});
+}
+
+// AcceptAnyValidator accepts every client document: a stand-in join service that answers
+// whatever a test wants.
+class AcceptAnyValidator : public crypto::AttestationValidator {
+ public:
+  absl::StatusOr<crypto::AttestationResult> Validate(std::string_view, std::span<const uint8_t>,
+                                                     std::span<const uint8_t>) override {
+    return crypto::AttestationResult{"anyone"};
+  }
+};
+
+// The node side checks the credential it gets: name, key, expiry, and that its cluster is the
+// one measured in the node's PCR 15. A fake service issues what each case needs.
+TEST_F(JoinServiceTest, TheNodeRefusesACredentialForAnotherClusterNameOrKey) {
+  Node node(*ca_);
+  ASSERT_TRUE(node.tpm.Start());
+  node.Open();
+  ASSERT_TRUE(node.issuer->ExtendPcr15WithEvent(info_.cluster_id).ok());
+  auto seed = crypto::RandomSecret(32);
+  ASSERT_TRUE(seed.ok());
+  auto authority = net::NewAuthorityFromSeed(*seed);
+  ASSERT_TRUE(authority.ok());
+  auto key = net::GenerateNodeSigningKey();
+  ASSERT_TRUE(key.ok());
+
+  struct Case {
+    std::string name;
+    net::NodeCredential credential;
+    std::string authority_key;  // empty: the authority's
+    absl::StatusCode want;
+  };
+  net::NodeCredential good;
+  good.node = "node-a";
+  good.signing_key = key->public_key();
+  good.cluster_id = crypto::HexEncode(info_.cluster_id);
+  good.ek_fingerprint = std::string(64, 'f');
+  good.not_after = std::chrono::system_clock::now() + 1h;
+  std::vector<Case> cases;
+  cases.push_back({"good", good, "", absl::StatusCode::kOk});
+  Case other_cluster{"other cluster", good, "", absl::StatusCode::kPermissionDenied};
+  other_cluster.credential.cluster_id = std::string(64, 'a');
+  cases.push_back(other_cluster);
+  Case other_name{"other name", good, "", absl::StatusCode::kPermissionDenied};
+  other_name.credential.node = "node-b";
+  cases.push_back(other_name);
+  Case other_key{"other key", good, "", absl::StatusCode::kPermissionDenied};
+  other_key.credential.signing_key[0] ^= 1;
+  cases.push_back(other_key);
+  Case expired{"expired", good, "", absl::StatusCode::kPermissionDenied};
+  expired.credential.not_after = std::chrono::system_clock::now() - 1h;
+  cases.push_back(expired);
+  cases.push_back({"short authority key", good, std::string(31, 'k'), absl::StatusCode::kDataLoss});
+
+  std::mutex mu;
+  const Case* current = nullptr;
+  crypto::AtlsServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.client_validator = std::make_shared<AcceptAnyValidator>();
+  auto server = crypto::AtlsServer::Start(
+      options,
+      [&](std::string_view, std::string_view,
+          const crypto::PeerInfo&) -> absl::StatusOr<std::string> {
+        std::lock_guard<std::mutex> lock(mu);
+        auto issued = (*authority)->Issue(current->credential);
+        if (!issued.ok()) return issued.status();
+        attest::NetCredentialResponse response;
+        response.set_credential(std::string(issued->begin(), issued->end()));
+        const net::Ed25519PublicKey pub = (*authority)->public_key();
+        response.set_authority_key(current->authority_key.empty()
+                                       ? std::string(pub.begin(), pub.end())
+                                       : current->authority_key);
+        return response.SerializeAsString();
+      });
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (const Case& c : cases) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      current = &c;
+    }
+    auto got =
+        RequestNetCredential(node.issuer, (*server)->endpoint(), "node-a", key->public_key(), 30s);
+    EXPECT_EQ(got.status().code(), c.want) << c.name << ": " << got.status();
+  }
+  (*server)->Shutdown();
+}
+
 TEST(JoinServiceStart, RefusesAConfigurationThatWouldAcceptAnyNode) {
   JoinServiceOptions options;
   options.ek_ca_bundle_pem = "x";
@@ -501,6 +815,14 @@ TEST(JoinServiceStart, RefusesAConfigurationThatWouldAcceptAnyNode) {
   auto service = JoinService::Start(options, reinterpret_cast<const KeyService*>(1),
                                     reinterpret_cast<AuditLog*>(1));
   EXPECT_EQ(service.status().code(), absl::StatusCode::kInvalidArgument);
+  // A credential lifetime that is not positive (or absurd).
+  options.measurements[4] = m;
+  for (const std::chrono::seconds lifetime : {0s, -1s, kMaxNetCredentialLifetime + 1s}) {
+    options.net_credential_lifetime = lifetime;
+    auto refused = JoinService::Start(options, reinterpret_cast<const KeyService*>(1),
+                                      reinterpret_cast<AuditLog*>(1));
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << lifetime.count();
+  }
 }
 
 // The real binary: `keywarden serve --measurements --ek-ca` runs the join service next to
@@ -575,7 +897,7 @@ TEST(JoinServiceProcess, KeywardenServeIssuesTicketsAndAuditsRefusals) {
       << DescribeAudit(records);
   EXPECT_NE(FindRecord(records, "rejoin", "allow", "", member.EkFingerprint()), nullptr)
       << DescribeAudit(records);
-  EXPECT_NE(FindRecord(records, "attest", "deny", "PCR 15 is", member.EkFingerprint()), nullptr)
+  EXPECT_NE(FindRecord(records, "rejoin", "deny", "PCR 15 is", member.EkFingerprint()), nullptr)
       << DescribeAudit(records);
   const std::string text = *ReadFile(audit);
   EXPECT_EQ(text.find(Hex(ticket->secrets.state_disk_key).substr(0, 16)), std::string::npos);

@@ -1,5 +1,8 @@
 #include "keywarden/service/join.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <utility>
 
 #include "attest.pb.h"
@@ -26,6 +29,42 @@ std::string DocumentFingerprint(std::string_view document) {
     return "unknown";
   }
   return crypto::HexEncode(crypto::Sha256({Span(doc.ek_public())}));
+}
+
+// DocumentPcr15 returns the PCR 15 value of a document a TpmValidator accepted (the quote
+// covers it). INVALID_ARGUMENT when the document does not parse or has no PCR 15.
+absl::StatusOr<attest::PcrValue> DocumentPcr15(std::string_view document) {
+  attest::AttestationDocument doc;
+  if (!doc.ParseFromArray(document.data(), static_cast<int>(document.size())) ||
+      doc.pcrs_size() != static_cast<int>(attest::kQuotedPcrCount) ||
+      doc.pcrs(15).size() != attest::kPcrSize) {
+    return InvalidArgumentError("the accepted document has no PCR 15 value");
+  }
+  attest::PcrValue out{};
+  std::copy(doc.pcrs(15).begin(), doc.pcrs(15).end(), out.begin());
+  return out;
+}
+
+// EkSpkiFingerprint returns the lower-case hex SHA-256 of the DER SubjectPublicKeyInfo of the
+// EK of a document a TpmValidator accepted, as network node credentials carry it
+// (docs/formats/network-registry.md). The SPKI is the EK certificate's, taken from a fresh
+// verification against the service's CA store (the validator keeps no result), and its key must
+// be the EK the document's quote and credential activation are bound to.
+absl::StatusOr<std::string> EkSpkiFingerprint(const crypto::CaStore& ca_store,
+                                              std::string_view document,
+                                              const attest::PeerTpm& tpm) {
+  attest::AttestationDocument doc;
+  if (!doc.ParseFromArray(document.data(), static_cast<int>(document.size()))) {
+    return PermissionDeniedError("the accepted document does not parse again");
+  }
+  absl::StatusOr<crypto::VerifiedCertificate> cert = ca_store.Verify(Span(doc.ek_certificate()));
+  if (!cert.ok()) {
+    return PermissionDeniedError("EK certificate: {}", StatusMessage(cert.status()));
+  }
+  if (!cert->rsa_public_key.has_value() || !(*cert->rsa_public_key == tpm.ek)) {
+    return PermissionDeniedError("the EK certificate's key is not the document's EK");
+  }
+  return crypto::HexEncode(crypto::Sha256({std::span<const uint8_t>(cert->spki_der)}));
 }
 
 // What the last validation on this thread refused. aTLS runs a connection's handshake,
@@ -75,6 +114,13 @@ attest::Measurements PrepareJoinMeasurements(const attest::Measurements& measure
 struct JoinService::Impl {
   const KeyService* keys = nullptr;
   AuditLog* audit = nullptr;
+  // For IssueNetCredential: the EK CA bundle (to read a verified EK's SPKI), the network
+  // authority (derived from the KEK once, at start), PCR 15 of a node that measured this
+  // cluster, and the credential lifetime.
+  std::shared_ptr<const crypto::CaStore> ek_ca_store;
+  std::unique_ptr<net::Authority> authority;
+  attest::PcrValue member_pcr15{};
+  std::chrono::seconds net_credential_lifetime{0};
   std::unique_ptr<crypto::AtlsServer> server;
 
   // Audit appends a record; a record that cannot be made durable refuses the release.
@@ -106,6 +152,7 @@ struct JoinService::Impl {
   absl::StatusOr<std::string> Handle(std::string_view method, std::string_view request,
                                      const crypto::PeerInfo& peer) const {
     last_refusal = LastRefusal{};
+    if (method == kIssueNetCredentialMethod) return HandleNetCredential(request, peer);
     const bool rejoin = method == kIssueRejoinTicketMethod;
     if (!rejoin && method != kIssueJoinTicketMethod) {
       return MakeStatus(absl::StatusCode::kUnimplemented, "unknown method \"{}\"",
@@ -132,6 +179,21 @@ struct JoinService::Impl {
                     PermissionDeniedError("the accepted document does not parse again"));
     }
     const std::string& node = tpm->ek_fingerprint;
+    // Security: PCR 15 must be 0 for join and rejoin (it is 0 after every boot; a node measures
+    // its clusterID only after it has its ticket). The handshake also lets this cluster's
+    // member value through, for IssueNetCredential; it is refused here, before any key is
+    // derived. Any other non-zero value was refused in the handshake.
+    absl::StatusOr<attest::PcrValue> pcr15 = DocumentPcr15(peer.document);
+    if (!pcr15.ok()) {
+      return refuse(node, "", PermissionDeniedError("{}", StatusMessage(pcr15.status())));
+    }
+    if (*pcr15 != attest::PcrValue{}) {
+      return refuse(node, "",
+                    PermissionDeniedError(
+                        "PCR 15 is {}: this node has already measured this cluster's clusterID "
+                        "since its TPM was reset; join and rejoin need PCR 15 = 0 (reboot first)",
+                        crypto::HexEncode(*pcr15)));
+    }
 
     attest::JoinTicketRequest parsed;
     if (!parsed.ParseFromArray(request.data(), static_cast<int>(request.size()))) {
@@ -168,6 +230,101 @@ struct JoinService::Impl {
                           peer.address));
     return response.SerializeAsString();
   }
+
+  // HandleNetCredential serves IssueNetCredential: the handshake checked the document as for a
+  // rejoin except PCR 15, which must be this cluster's member value here.
+  absl::StatusOr<std::string> HandleNetCredential(std::string_view request,
+                                                  const crypto::PeerInfo& peer) const {
+    // Refuse: audit first, then answer. `name` is the requested registry name (key_id).
+    auto refuse = [&](std::string node, std::string name, absl::Status status) -> absl::Status {
+      RETURN_IF_ERROR(Audit(kAuditEventNetCredential, std::move(node), std::move(name), false,
+                            StatusMessage(status), peer.address));
+      return status;
+    };
+    if (!peer.attested || peer.document.empty()) {
+      return refuse("unknown", "",
+                    PermissionDeniedError("the client is not attested (join mode requires a "
+                                          "TPM attestation document)"));
+    }
+    absl::StatusOr<attest::PeerTpm> tpm = attest::PeerTpmFromDocument(peer.document);
+    if (!tpm.ok()) {
+      return refuse(DocumentFingerprint(peer.document), "",
+                    PermissionDeniedError("the accepted document does not parse again"));
+    }
+    const std::string& node = tpm->ek_fingerprint;
+    // Security: only a node that joined this cluster (and measured its clusterID) gets a
+    // credential: PCR 15 must be ExpectedPcr15(clusterID), which the quote covers.
+    absl::StatusOr<attest::PcrValue> pcr15 = DocumentPcr15(peer.document);
+    if (!pcr15.ok()) {
+      return refuse(node, "", PermissionDeniedError("{}", StatusMessage(pcr15.status())));
+    }
+    if (*pcr15 != member_pcr15) {
+      if (*pcr15 == attest::PcrValue{}) {
+        return refuse(node, "",
+                      PermissionDeniedError("PCR 15 is zero: the node has not joined this "
+                                            "cluster (a network credential needs PCR 15 = "
+                                            "ExpectedPcr15(clusterID))"));
+      }
+      return refuse(node, "",
+                    PermissionDeniedError("PCR 15 is {}: not this cluster's measured clusterID",
+                                          crypto::HexEncode(*pcr15)));
+    }
+
+    attest::NetCredentialRequest parsed;
+    if (!parsed.ParseFromArray(request.data(), static_cast<int>(request.size()))) {
+      return refuse(node, "",
+                    InvalidArgumentError("request is not a valid keywarden.attest."
+                                         "NetCredentialRequest"));
+    }
+    const std::string& name = parsed.node();
+    if (!net::ValidNodeName(name)) {
+      const std::string shown = Printable(name.substr(0, 80));
+      return refuse(node, shown,
+                    InvalidArgumentError("node name \"{}\" is not a valid registry name (1 to 63 "
+                                         "of [a-z0-9-], a letter or digit at both ends)",
+                                         shown));
+    }
+    if (parsed.signing_key().size() != net::Ed25519PublicKey{}.size()) {
+      return refuse(
+          node, name,
+          InvalidArgumentError("signing_key is {} bytes; an Ed25519 public key is {}",
+                               parsed.signing_key().size(), net::Ed25519PublicKey{}.size()));
+    }
+    net::NodeCredential credential;
+    credential.node = name;
+    std::copy(parsed.signing_key().begin(), parsed.signing_key().end(),
+              credential.signing_key.begin());
+    if (credential.signing_key == net::Ed25519PublicKey{}) {
+      return refuse(node, name, InvalidArgumentError("signing_key is all zero"));
+    }
+    // The authority is derived from the KEK: stop issuing when the key service stops serving.
+    if (absl::Status serving = keys->CheckServing(); !serving.ok()) {
+      return refuse(node, name, serving);
+    }
+    absl::StatusOr<std::string> ek_fingerprint =
+        EkSpkiFingerprint(*ek_ca_store, peer.document, *tpm);
+    if (!ek_fingerprint.ok()) return refuse(node, name, ek_fingerprint.status());
+    credential.cluster_id = crypto::HexEncode(keys->cluster_id());
+    credential.ek_fingerprint = *ek_fingerprint;
+    credential.not_after = std::chrono::system_clock::now() + net_credential_lifetime;
+    absl::StatusOr<std::vector<uint8_t>> issued = authority->Issue(credential);
+    if (!issued.ok()) return refuse(node, name, issued.status());
+
+    attest::NetCredentialResponse response;
+    response.set_credential(std::string(issued->begin(), issued->end()));
+    const net::Ed25519PublicKey authority_key = authority->public_key();
+    response.set_authority_key(std::string(authority_key.begin(), authority_key.end()));
+    RETURN_IF_ERROR(Audit(
+        kAuditEventNetCredential, node, name, true,
+        fmt::format("attestation verified, PCR 15 = this cluster's; credential issued for node "
+                    "{}, EK SPKI SHA-256 {}, not after {} (Unix seconds)",
+                    name, credential.ek_fingerprint,
+                    std::chrono::duration_cast<std::chrono::seconds>(
+                        credential.not_after.time_since_epoch())
+                        .count()),
+        peer.address));
+    return response.SerializeAsString();
+  }
 };
 
 JoinService::JoinService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -189,17 +346,36 @@ absl::StatusOr<std::unique_ptr<JoinService>> JoinService::Start(JoinServiceOptio
         "the base measurements name none of PCRs 0-14: the join service would accept any "
         "node");
   }
-  if (auto store = crypto::CaStore::FromPem(options.ek_ca_bundle_pem); !store.ok()) {
+  if (options.net_credential_lifetime <= std::chrono::seconds::zero() ||
+      options.net_credential_lifetime > kMaxNetCredentialLifetime) {
+    return InvalidArgumentError("the network credential lifetime of {} s is not in [1, {}] s",
+                                options.net_credential_lifetime.count(),
+                                kMaxNetCredentialLifetime.count());
+  }
+  absl::StatusOr<std::shared_ptr<const crypto::CaStore>> store =
+      crypto::CaStore::FromPem(options.ek_ca_bundle_pem);
+  if (!store.ok()) {
     return InvalidArgumentError("the EK CA bundle is unusable: {}", StatusMessage(store.status()));
   }
   auto impl = std::make_unique<Impl>();
   impl->keys = keys;
   impl->audit = audit;
+  impl->ek_ca_store = std::move(*store);
+  impl->net_credential_lifetime = options.net_credential_lifetime;
+  {
+    // The seed lives only until the Authority holds its key.
+    ASSIGN_OR_RETURN(const SecretBytes seed, keys->NetAuthoritySeed());
+    ASSIGN_OR_RETURN(impl->authority, net::NewAuthorityFromSeed(seed));
+  }
+  impl->member_pcr15 = keys::ExpectedPcr15(keys->cluster_id());
 
-  // Security: PCR 15 must be 0 for join and rejoin alike (it is 0 after every boot; a node
-  // measures its clusterID only after it has its ticket).
+  // Security: the handshake accepts PCR 15 = 0 (join, rejoin: it is 0 after every boot; a node
+  // measures its clusterID only after it has its ticket) and PCR 15 = ExpectedPcr15(this
+  // cluster's clusterID) (IssueNetCredential: a member). The handler applies the method's rule:
+  // the method is not known inside the handshake. Any other value is refused there.
   attest::Pcr15Rule pcr15;
   pcr15.allow_zero = true;
+  pcr15.allowed_values.insert(impl->member_pcr15);
   crypto::AtlsServerOptions server_options;
   server_options.host = options.host;
   server_options.port = options.port;
@@ -271,6 +447,64 @@ absl::StatusOr<JoinTicket> RequestJoinTicket(std::shared_ptr<attest::TpmIssuer> 
   ASSIGN_OR_RETURN(ticket.cluster_id, keys::DeriveClusterId(ticket.secrets.measurement_secret,
                                                             ticket.measurement_salt));
   return ticket;
+}
+
+absl::StatusOr<NetCredential> RequestNetCredential(std::shared_ptr<attest::TpmIssuer> issuer,
+                                                   std::string_view endpoint, std::string_view node,
+                                                   const net::Ed25519PublicKey& signing_key,
+                                                   std::chrono::milliseconds timeout) {
+  if (issuer == nullptr) return InvalidArgumentError("RequestNetCredential needs a TPM issuer");
+  if (!net::ValidNodeName(node)) {
+    return InvalidArgumentError("node name \"{}\" is not a valid registry name",
+                                Printable(node.substr(0, 80)));
+  }
+  crypto::AtlsClientOptions options;
+  options.issuer = issuer;
+  // Join mode: the service does not attest (see the Security note in join.h).
+  options.accept_unattested_server = true;
+  ASSIGN_OR_RETURN(std::unique_ptr<crypto::AtlsClient> client,
+                   crypto::AtlsClient::New(std::move(options)));
+  attest::NetCredentialRequest request;
+  request.set_node(std::string(node));
+  request.set_signing_key(std::string(signing_key.begin(), signing_key.end()));
+  ASSIGN_OR_RETURN(std::string reply, client->Call(endpoint, kIssueNetCredentialMethod,
+                                                   request.SerializeAsString(), timeout));
+  attest::NetCredentialResponse response;
+  if (!response.ParseFromString(reply)) {
+    return MakeStatus(absl::StatusCode::kDataLoss,
+                      "the join service's reply is not a NetCredentialResponse");
+  }
+  NetCredential out;
+  if (response.authority_key().size() != out.authority_key.size()) {
+    return MakeStatus(absl::StatusCode::kDataLoss,
+                      "the join service sent an authority key of {} bytes, not {}",
+                      response.authority_key().size(), out.authority_key.size());
+  }
+  std::copy(response.authority_key().begin(), response.authority_key().end(),
+            out.authority_key.begin());
+  out.credential.assign(response.credential().begin(), response.credential().end());
+  ASSIGN_OR_RETURN(const net::NodeCredential credential, net::ParseCredential(out.credential));
+  if (credential.node != node) {
+    return PermissionDeniedError("the join service issued a credential for node {}, not {}",
+                                 credential.node, node);
+  }
+  if (credential.signing_key != signing_key) {
+    return PermissionDeniedError("the join service's credential certifies another signing key");
+  }
+  if (credential.not_after <= std::chrono::system_clock::now()) {
+    return PermissionDeniedError("the join service's credential has already expired");
+  }
+  // Security: the credential must be for the cluster this node joined, i.e. the clusterID it
+  // measured into PCR 15 (read now: PCR 15 only changes by extension until the TPM resets).
+  ASSIGN_OR_RETURN(const std::vector<uint8_t> cluster_id, crypto::HexDecode(credential.cluster_id));
+  ASSIGN_OR_RETURN(const attest::PcrBank pcrs, issuer->ReadPcrs());
+  if (keys::ExpectedPcr15(cluster_id) != pcrs[15]) {
+    return PermissionDeniedError(
+        "the credential is for cluster {}, which is not the clusterID this node measured into "
+        "PCR 15",
+        credential.cluster_id);
+  }
+  return out;
 }
 
 }  // namespace keywarden::service

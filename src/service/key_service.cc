@@ -1,5 +1,8 @@
 #include "keywarden/service/key_service.h"
 
+#include "keywarden/crypto/ed25519.h"
+#include "keywarden/crypto/hkdf.h"
+#include "keywarden/net/registry.h"
 #include "keywarden/status.h"
 
 namespace keywarden::service {
@@ -57,6 +60,11 @@ absl::StatusOr<SecretBytes> KeyService::GetDataKey(std::string_view id, uint64_t
   if (length < 1 || length > kMaxDataKeyLength) {
     return InvalidArgumentError("length {} is not in [1, {}]", length, kMaxDataKeyLength);
   }
+  RETURN_IF_ERROR(CheckServing());
+  return kek_->DeriveDek(id, static_cast<size_t>(length));
+}
+
+absl::Status KeyService::CheckServing() const {
   switch (health_.load(std::memory_order_acquire)) {
     case StoreHealth::kMismatch:
       return FailedPreconditionError(
@@ -77,7 +85,17 @@ absl::StatusOr<SecretBytes> KeyService::GetDataKey(std::string_view id, uint64_t
     }
     return unavailable;
   }
-  return kek_->DeriveDek(id, static_cast<size_t>(length));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SecretBytes> KeyService::NetAuthoritySeed() const {
+  RETURN_IF_ERROR(CheckServing());
+  // The KEK is the HKDF PRK (DESIGN.md §2); this is exactly what net::NewAuthority expands.
+  ASSIGN_OR_RETURN(std::unique_ptr<crypto::HkdfSha256Expander> expander,
+                   crypto::HkdfSha256Expander::New(kek_->bytes()));
+  const std::string_view info = net::kAuthorityInfo;
+  return expander->Expand({reinterpret_cast<const uint8_t*>(info.data()), info.size()},
+                          crypto::kEd25519SeedSize);
 }
 
 void KeyService::CheckStoreNow() {

@@ -18,7 +18,8 @@
 namespace keywarden::service {
 
 struct AuditRecord {
-  std::string event;     // "join", "rejoin", "recover", "verify"
+  std::string event;     // "join", "rejoin", "attest", "net-credential"; user-managed mode: "wrap",
+                         // "create", "unwrap"
   std::string node;      // EK fingerprint (hex SHA-256 of the EK public key), or "unknown"
   std::string key_id;    // the key the decision is about ("" if none)
   bool allowed = false;  // the decision

@@ -63,6 +63,16 @@ class KeyService {
   // store has not confirmed the KEK within stale_after; FAILED_PRECONDITION when the store holds
   // another KEK. Thread-safe; never touches the store.
   absl::StatusOr<SecretBytes> GetDataKey(std::string_view id, uint64_t length) const;
+  // CheckServing returns OK when GetDataKey would serve a valid request, else GetDataKey's
+  // UNAVAILABLE or FAILED_PRECONDITION. For services that hold something derived from the KEK
+  // (the join service's network authority) and must stop using it when GetDataKey would.
+  absl::Status CheckServing() const;
+  // NetAuthoritySeed returns the 32-byte Ed25519 seed of the cluster's network authority,
+  // HKDF-Expand(KEK, net::kAuthorityInfo, 32) (RFC 5869 §2.3; docs/formats/network-registry.md):
+  // net::NewAuthorityFromSeed(seed) is net::NewAuthority(KEK), without the KEK leaving this
+  // class. Security: the seed is as secret as a DEK; callers keep it in SecretBytes and drop it
+  // once the Authority is made. CheckServing's errors. Thread-safe; never touches the store.
+  absl::StatusOr<SecretBytes> NetAuthoritySeed() const;
 
   StoreHealth health() const { return health_.load(std::memory_order_acquire); }
   // cluster_id is the clusterID derived from the KEK and the record's measurement salt.
