@@ -10,6 +10,7 @@
 #include "cli/byok_commands.h"
 #include "cli/byok_ops_commands.h"
 #include "cli/commands.h"
+#include "cli/net_commands.h"
 #include "cli/node_commands.h"
 #include "cli/volume_commands.h"
 #include "keywarden/keys/hierarchy.h"
@@ -329,6 +330,7 @@ int main(int argc, char** argv) {
   cli::NodeCommands node_commands(app);
   cli::ByokCommands byok_commands(app);
   cli::ByokOpsCommands byok_ops_commands(app);
+  cli::NetCommands net_commands(app);
 
   try {
     app.parse(argc, argv);
@@ -377,6 +379,7 @@ int main(int argc, char** argv) {
   if (std::optional<int> code = node_commands.Run()) return *code;
   if (std::optional<int> code = byok_commands.Run()) return *code;
   if (std::optional<int> code = byok_ops_commands.Run()) return *code;
+  if (std::optional<int> code = net_commands.Run()) return *code;
   // No command (or `derive` without one): show what there is.
   const CLI::App& shown = derive->parsed()                   ? *derive
                           : dek_cmd->parsed()                ? *dek_cmd
@@ -384,6 +387,7 @@ int main(int argc, char** argv) {
                           : measurements_cmd->parsed()       ? *measurements_cmd
                           : node_commands.parsed_group()     ? *node_commands.parsed_group()
                           : byok_ops_commands.parsed_group() ? *byok_ops_commands.parsed_group()
+                          : net_commands.parsed_group()      ? *net_commands.parsed_group()
                                                              : app;
   fmt::print(stderr, "{}\n{}", "keywarden: error: a command is required", shown.help());
   return cli::kExitUsage;

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "keywarden/status.h"
 
@@ -108,6 +109,25 @@ Agent::Agent(AgentOptions options, RegistryStore& store, EntryVerifier& verifier
       uapi_(std::move(uapi)) {}
 
 Agent::~Agent() = default;
+
+ReplaceableNodeSigner::ReplaceableNodeSigner(std::unique_ptr<NodeSigner> signer)
+    : signer_(std::move(signer)) {}
+
+void ReplaceableNodeSigner::Replace(std::unique_ptr<NodeSigner> signer) {
+  std::unique_ptr<NodeSigner> previous;
+  std::lock_guard<std::mutex> lock(mu_);
+  previous = std::exchange(signer_, std::move(signer));
+}
+
+Ed25519PublicKey ReplaceableNodeSigner::public_key() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return signer_->public_key();
+}
+
+absl::StatusOr<std::string> ReplaceableNodeSigner::Record(const NodeEntry& entry) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return signer_->Record(entry);
+}
 
 AgentStats Agent::stats() const {
   std::lock_guard<std::mutex> lock(mu_);

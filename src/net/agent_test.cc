@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "keywarden/crypto/random.h"
+
 namespace keywarden::net {
 namespace {
 
@@ -87,6 +89,51 @@ TEST(PlanPeers, KeepaliveChangeIsAnUpdate) {
   EXPECT_EQ(PlanPeers(device, {Desired("a", 1, "10.0.0.1:51820", {C("10.9.0.1/32")})}, 25).size(),
             1u);
   EXPECT_TRUE(PlanPeers(device, {}, 0).size() == 1 && PlanPeers(device, {}, 0)[0].remove);
+}
+
+// A signer for `node` under a fresh authority (what the join service issues).
+std::unique_ptr<NodeSigner> TestSigner(const std::string& node) {
+  auto authority = NewAuthorityFromSeed(crypto::RandomSecret(32).value()).value();
+  NodeSigningKey key = GenerateNodeSigningKey().value();
+  NodeCredential credential;
+  credential.node = node;
+  credential.signing_key = key.public_key();
+  credential.cluster_id = std::string(64, 'c');
+  credential.ek_fingerprint = std::string(64, 'e');
+  credential.not_after = std::chrono::system_clock::now() + std::chrono::hours(1);
+  return NewNodeSigner(authority->Issue(credential).value(), std::move(key)).value();
+}
+
+NodeEntry TestEntry(const std::string& node) {
+  NodeEntry entry;
+  entry.node = node;
+  entry.public_key = Key(7);
+  entry.endpoint = E("10.0.0.1:51820");
+  entry.allowed_ips = {C("10.9.0.1/32")};
+  entry.epoch = 1;
+  entry.issued_at = std::chrono::system_clock::now();
+  return entry;
+}
+
+TEST(ReplaceableNodeSigner, RecordsCarryTheCurrentSignersCredential) {
+  auto first = TestSigner("a");
+  auto second = TestSigner("a");
+  const Ed25519PublicKey first_key = first->public_key();
+  const Ed25519PublicKey second_key = second->public_key();
+  ASSERT_NE(first_key, second_key);
+  ReplaceableNodeSigner signer(std::move(first));
+  EXPECT_EQ(signer.public_key(), first_key);
+  auto record = signer.Record(TestEntry("a"));
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(ParseRecord(*record).value().credential.signing_key, first_key);
+
+  signer.Replace(std::move(second));
+  EXPECT_EQ(signer.public_key(), second_key);
+  record = signer.Record(TestEntry("a"));
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(ParseRecord(*record).value().credential.signing_key, second_key);
+  // The wrapped signer's checks still apply: another node's entry is refused.
+  EXPECT_EQ(signer.Record(TestEntry("b")).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

@@ -73,6 +73,25 @@ struct AgentStats {
   std::chrono::steady_clock::duration last_reconcile{};  // time the last reconcile took
 };
 
+// ReplaceableNodeSigner is a NodeSigner whose underlying signer can be swapped while an Agent
+// uses it: the agent renews its credential before it expires (`keywarden net agent`), replaces
+// the signer and then republishes (Agent::Rotate), so the stored record carries the new
+// credential. Thread-safe: Record, public_key and Replace serialise on a mutex, so a record is
+// always made by one signer, old or new. Owns the signer it holds.
+class ReplaceableNodeSigner final : public NodeSigner {
+ public:
+  // `signer` must not be null.
+  explicit ReplaceableNodeSigner(std::unique_ptr<NodeSigner> signer);
+  // Replace swaps in `signer` (not null) and destroys the previous one.
+  void Replace(std::unique_ptr<NodeSigner> signer);
+  Ed25519PublicKey public_key() const override;
+  absl::StatusOr<std::string> Record(const NodeEntry& entry) override;
+
+ private:
+  mutable std::mutex mu_;
+  std::unique_ptr<NodeSigner> signer_;  // guarded by mu_
+};
+
 class Agent {
  public:
   // New checks the options (node name, allowed IPs, endpoint) and keeps the parts; nothing is
