@@ -221,6 +221,13 @@ absl::StatusOr<ByokUri> ParseByokUri(std::string_view uri) {
   }
   ByokUri out;
   out.scheme = std::string(uri.substr(0, sep));
+  // A scheme is letters only ("kms", "storage"); anything else (a '?' before "://") would make
+  // the query start somewhere RedactUri does not look (found by fuzz/byok_fuzzer.cc).
+  if (!std::all_of(out.scheme.begin(), out.scheme.end(),
+                   [](char c) { return c >= 'a' && c <= 'z'; })) {
+    return InvalidArgumentError("\"{}\" is not a SCHEME://NAME?PARAMS URI",
+                                Printable(RedactUri(uri)));
+  }
   std::string_view rest = uri.substr(sep + 3);
   const size_t query = rest.find('?');
   out.name = std::string(rest.substr(0, query));
@@ -343,7 +350,10 @@ absl::StatusOr<std::unique_ptr<DekStore>> OpenDekStore(std::string_view uri,
 }
 
 std::string RedactUri(std::string_view uri) {
-  const size_t query = uri.find('?');
+  // The query starts at the first '?' after "://" (where ParseByokUri looks), or at the first
+  // '?' of a URI without "://".
+  const size_t scheme_end = uri.find("://");
+  const size_t query = uri.find('?', scheme_end == std::string_view::npos ? 0 : scheme_end);
   if (query == std::string_view::npos) return std::string(uri);
   std::string out(uri.substr(0, query + 1));
   std::string_view params = uri.substr(query + 1);
