@@ -137,7 +137,8 @@ struct Cluster {
   std::string cluster_id;
 
   Cluster() {
-    authority = Must(net::NewAuthorityFromSeed(Must(crypto::RandomSecret(32), "seed")), "authority");
+    authority =
+        Must(net::NewAuthorityFromSeed(Must(crypto::RandomSecret(32), "seed")), "authority");
     const SecretBytes id = Must(crypto::RandomSecret(32), "cluster id");
     cluster_id = crypto::HexEncode(id.Reveal(InsecureSecretAccess::Get()));
   }
@@ -439,9 +440,9 @@ struct Entries {
 net::Cidr AllowedIp(size_t i) {
   // 10.80.0.0 upwards, one /32 each: clear of the harness' 10.77/10.78.
   const uint32_t n = 0x0a500000u + static_cast<uint32_t>(i) + 1;
-  return net::Cidr::Host(net::IpAddress::V4({static_cast<uint8_t>(n >> 24),
-                                             static_cast<uint8_t>(n >> 16),
-                                             static_cast<uint8_t>(n >> 8), static_cast<uint8_t>(n)}));
+  return net::Cidr::Host(
+      net::IpAddress::V4({static_cast<uint8_t>(n >> 24), static_cast<uint8_t>(n >> 16),
+                          static_cast<uint8_t>(n >> 8), static_cast<uint8_t>(n)}));
 }
 
 Entries MakeEntries(const Cluster& cluster, size_t count) {
@@ -452,9 +453,9 @@ Entries MakeEntries(const Cluster& cluster, size_t count) {
     net::NodeEntry entry;
     entry.node = name;
     entry.public_key = Must(net::GenerateKeyPair(), "key pair").public_key();
-    entry.endpoint = Must(
-        net::Endpoint::Parse(fmt::format("10.77.{}.{}:51820", 1 + i / 250, 1 + i % 250)),
-        "endpoint");
+    entry.endpoint =
+        Must(net::Endpoint::Parse(fmt::format("10.77.{}.{}:51820", 1 + i / 250, 1 + i % 250)),
+             "endpoint");
     entry.allowed_ips = {AllowedIp(i)};
     entry.epoch = 1;
     entry.issued_at = std::chrono::system_clock::now();
@@ -567,15 +568,14 @@ void Reconcile(const std::string& label, const std::string& uri, NetnsCluster& l
   if (device.peers.size() != count) {
     throw Fail(fmt::format("the interface has {} peers, not {}", device.peers.size(), count));
   }
-  std::printf("  (a) first full reconcile: %8.1f ms  [List %.1f ms, Verify x%llu %.1f ms, "
-              "Get+PlanPeers+Set %.1f ms (agent's last_reconcile)]\n",
-              Ms(full), lists.size() > 1 ? Ms(lists[1].took) : -1.0,
-              static_cast<unsigned long long>(verifier.calls()), verify_ms,
-              Ms(after_full.last_reconcile));
+  std::printf(
+      "  (a) first full reconcile: %8.1f ms  [List %.1f ms, Verify x%llu %.1f ms, "
+      "Get+PlanPeers+Set %.1f ms (agent's last_reconcile)]\n",
+      Ms(full), lists.size() > 1 ? Ms(lists[1].took) : -1.0,
+      static_cast<unsigned long long>(verifier.calls()), verify_ms, Ms(after_full.last_reconcile));
 
   std::vector<double> incremental, incremental_reconcile, watch_to_verify, put_latency, resync,
-      resync_list,
-      resync_verify, resync_reconcile;
+      resync_list, resync_verify, resync_reconcile;
   for (int c = 0; c < cycles; ++c) {
     // (c) the next periodic resync, nothing changed.
     const size_t lists_before = store.lists().size();
@@ -628,10 +628,10 @@ void Reconcile(const std::string& label, const std::string& uri, NetnsCluster& l
               Summary(resync_list).c_str(), Summary(resync_verify).c_str(),
               Summary(resync_reconcile).c_str());
   const std::string wg_pid = WireGuardPid(interface);
-  std::printf("  RSS: bench process +%.1f MiB with the agent running (%.1f -> %.1f MiB); "
-              "wireguard-go %.1f MiB\n",
-              RssMiB() - rss_before, rss_before, RssMiB(),
-              wg_pid.empty() ? -1.0 : RssMiB(wg_pid));
+  std::printf(
+      "  RSS: bench process +%.1f MiB with the agent running (%.1f -> %.1f MiB); "
+      "wireguard-go %.1f MiB\n",
+      RssMiB() - rss_before, rss_before, RssMiB(), wg_pid.empty() ? -1.0 : RssMiB(wg_pid));
   if (std::string w = agent.warnings(); !w.empty()) std::printf("  agent warnings:\n%s", w.c_str());
   agent.Stop();
 }
@@ -675,8 +675,9 @@ Flags ParseFlags(int argc, char** argv) {
       flags.propagation = parts.find("propagation") != std::string::npos;
       flags.reconcile = parts.find("reconcile") != std::string::npos;
     } else {
-      throw Fail("usage: keywarden_net_bench [--rotations N] [--cycles N] [--sizes 1000,10000] "
-                 "[--stores sqlite,etcd] [--parts propagation,reconcile]");
+      throw Fail(
+          "usage: keywarden_net_bench [--rotations N] [--cycles N] [--sizes 1000,10000] "
+          "[--stores sqlite,etcd] [--parts propagation,reconcile]");
     }
   }
   return flags;
@@ -697,7 +698,8 @@ int Main(int argc, char** argv) {
   std::unique_ptr<testing::EtcdCluster> etcd_cluster;
   std::string etcd_uri;
   if (etcd) {
-    etcd_cluster = std::make_unique<testing::EtcdCluster>(testing::EtcdClusterOptions{.members = 3});
+    etcd_cluster =
+        std::make_unique<testing::EtcdCluster>(testing::EtcdClusterOptions{.members = 3});
     Must(etcd_cluster->Start(), "etcd");
     for (const std::string& e : etcd_cluster->endpoints()) {
       etcd_uri += (etcd_uri.empty() ? "etcd://" : ",") + e;
@@ -727,8 +729,10 @@ int Main(int argc, char** argv) {
     uint16_t port = 51900;
     for (size_t count : flags.sizes) {
       if (flags.sqlite) {
-        Reconcile("sqlite", fmt::format("sqlite://{}", (dir.path() / fmt::format("reg-{}.db", count)).string()),
-                  lan, cluster, entries, count, flags.cycles, port++);
+        Reconcile(
+            "sqlite",
+            fmt::format("sqlite://{}", (dir.path() / fmt::format("reg-{}.db", count)).string()),
+            lan, cluster, entries, count, flags.cycles, port++);
       }
       if (etcd) {
         Reconcile("etcd", fmt::format("{}?prefix=/kwbench-{}/", etcd_uri, count), lan, cluster,

@@ -1,9 +1,9 @@
 // The network agent end to end: three nodes in network namespaces (tests/netns.h) with real
 // wireguard-go, each with its own agent (in this process, one thread each) on a shared registry
 // (SQLite, then etcd). Checked: tunnel traffic between all nodes configured only from the
-// registry; key rotation during a continuous ping (losses printed as "[rotation] ..."); a node that leaves
-// disappears from the others' interfaces; a forged entry is never applied; an etcd member killed
-// under the agents changes nothing.
+// registry; key rotation during a continuous ping (losses printed as "[rotation] ..."); a node that
+// leaves disappears from the others' interfaces; a forged entry is never applied; an etcd member
+// killed under the agents changes nothing.
 //
 // Credentials are issued here with a test authority (what the key service's authority does for
 // an attested node).

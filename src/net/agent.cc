@@ -134,7 +134,7 @@ AgentStats Agent::stats() const {
   return stats_;
 }
 
-absl::Status Agent::SetKey(uint64_t epoch) {
+absl::StatusOr<PublicKey> Agent::SetKey(uint64_t epoch) {
   ASSIGN_OR_RETURN(KeyPair pair, GenerateKeyPair());
   DeviceUpdate update;
   update.private_key = pair.private_key().Clone();
@@ -144,7 +144,7 @@ absl::Status Agent::SetKey(uint64_t epoch) {
   std::lock_guard<std::mutex> lock(mu_);
   public_key_ = pair.public_key();
   stats_.epoch = epoch;
-  return absl::OkStatus();
+  return pair.public_key();
 }
 
 absl::Status Agent::Publish(uint64_t epoch, const PublicKey& key) {
@@ -166,12 +166,7 @@ absl::Status Agent::Rotate() {
     std::lock_guard<std::mutex> lock(mu_);
     epoch = stats_.epoch + 1;
   }
-  RETURN_IF_ERROR(SetKey(epoch));
-  PublicKey key;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    key = public_key_;
-  }
+  ASSIGN_OR_RETURN(const PublicKey key, SetKey(epoch));
   RETURN_IF_ERROR(Publish(epoch, key));
   options_.log("info", fmt::format("rotated the WireGuard key of {}: epoch {}, public key {}",
                                    options_.node, epoch, PublicKeyToBase64(key)));
@@ -309,12 +304,7 @@ absl::Status Agent::Start() {
                                             .count());
   }
   std::lock_guard<std::mutex> rotating(rotate_mu_);
-  RETURN_IF_ERROR(SetKey(epoch));
-  PublicKey key;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    key = public_key_;
-  }
+  ASSIGN_OR_RETURN(const PublicKey key, SetKey(epoch));
   RETURN_IF_ERROR(Publish(epoch, key));
   options_.log("info",
                fmt::format("{} published: epoch {}, public key {}, endpoint {}", options_.node,

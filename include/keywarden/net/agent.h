@@ -121,7 +121,8 @@ class Agent {
   Agent(AgentOptions options, RegistryStore& store, EntryVerifier& verifier, NodeSigner& signer,
         UapiClient uapi);
   absl::Status Publish(uint64_t epoch, const PublicKey& key);
-  absl::Status SetKey(uint64_t epoch);
+  // SetKey puts a fresh key pair on the interface and returns its public key.
+  absl::StatusOr<PublicKey> SetKey(uint64_t epoch);
   // Apply records one record (or a deletion when record is empty) in the peer table.
   void Apply(const std::string& node, const std::string& record);
   absl::Status Reconcile();
