@@ -1,6 +1,6 @@
 #include "tests/luks_tools.h"
 
-#include <gcrypt.h>
+#include <nettle/xts.h>
 
 #include <cstring>
 #include <fstream>
@@ -9,26 +9,17 @@
 
 namespace keywarden::testing {
 
-std::string GcryptXtsDecryptSector(const std::string& key, uint64_t iv,
+std::string NettleXtsDecryptSector(const std::string& key, uint64_t iv,
                                    const std::string& ciphertext) {
-  static const bool initialized = [] {
-    gcry_check_version(nullptr);
-    gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
-    gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
-    return true;
-  }();
-  (void)initialized;
-  gcry_cipher_hd_t handle = nullptr;
-  if (gcry_cipher_open(&handle, GCRY_CIPHER_AES256, GCRY_CIPHER_MODE_XTS, 0) != 0) return "";
-  std::string out(ciphertext.size(), '\0');
-  uint8_t tweak[16] = {};
+  if (key.size() != 64 || ciphertext.size() < XTS_BLOCK_SIZE) return "";
+  xts_aes256_key ctx;
+  xts_aes256_set_decrypt_key(&ctx, reinterpret_cast<const uint8_t*>(key.data()));
+  uint8_t tweak[XTS_BLOCK_SIZE] = {};
   for (int i = 0; i < 8; ++i) tweak[i] = static_cast<uint8_t>(iv >> (8 * i));
-  const bool ok = gcry_cipher_setkey(handle, key.data(), key.size()) == 0 &&
-                  gcry_cipher_setiv(handle, tweak, sizeof(tweak)) == 0 &&
-                  gcry_cipher_decrypt(handle, out.data(), out.size(), ciphertext.data(),
-                                      ciphertext.size()) == 0;
-  gcry_cipher_close(handle);
-  return ok ? out : "";
+  std::string out(ciphertext.size(), '\0');
+  xts_aes256_decrypt_message(&ctx, tweak, ciphertext.size(), reinterpret_cast<uint8_t*>(out.data()),
+                             reinterpret_cast<const uint8_t*>(ciphertext.data()));
+  return out;
 }
 
 namespace {

@@ -1,6 +1,6 @@
 // Test tools for LUKS volumes that deliberately do not use Keywarden's own code paths:
-// - GcryptXtsDecryptSector decrypts one dm-crypt aes-xts-plain64 sector with libgcrypt, an
-//   AES-XTS implementation independent of Keywarden's (OpenSSL-based) one.
+// - NettleXtsDecryptSector decrypts one dm-crypt aes-xts-plain64 sector with Nettle, an
+//   AES-XTS implementation independent of Keywarden's (libgcrypt) one.
 // - RewriteLuks2Metadata edits a LUKS2 header's JSON and recomputes both header copies'
 //   checksums (LUKS2 on-disk format §2-3), as a malicious host could.
 #pragma once
@@ -13,10 +13,10 @@
 
 namespace keywarden::testing {
 
-// GcryptXtsDecryptSector returns the plaintext of `ciphertext` (one sector) under the 64-byte
+// NettleXtsDecryptSector returns the plaintext of `ciphertext` (one sector) under the 64-byte
 // `key` with tweak = the little-endian plain64 IV `iv` (dm-crypt counts it in 512-byte units:
 // 4096-byte sector k has IV 8k). Empty on error (the test then fails).
-std::string GcryptXtsDecryptSector(const std::string& key, uint64_t iv,
+std::string NettleXtsDecryptSector(const std::string& key, uint64_t iv,
                                    const std::string& ciphertext);
 
 // RewriteLuks2Metadata applies `edit` to the JSON metadata of the LUKS2 header in `path`,

@@ -1,6 +1,6 @@
 // Integration tests of `keywarden volume` against real parts: a running key service, real
 // libcryptsetup headers checked by the cryptsetup CLI, FUSE, loop devices, ext4 (mkfs, mount,
-// e2fsck), qemu-img and nbdkit's luks filter (LUKS1 peers), and libgcrypt as an independent
+// e2fsck), qemu-img and nbdkit's luks filter (LUKS1 peers), and Nettle as an independent
 // AES-XTS. Needs root (mount, losetup) and /dev/fuse; skips otherwise.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -226,7 +226,7 @@ TEST(VolumeTest, DefaultKeyslotKdfIsArgon2id) {
   EXPECT_THAT(dump.stdout_text, HasSubstr("PBKDF:      argon2id"));
 }
 
-TEST(VolumeTest, UserspaceWritesDecryptWithTheDumpedVolumeKeyUnderLibgcrypt) {
+TEST(VolumeTest, UserspaceWritesDecryptWithTheDumpedVolumeKeyUnderNettle) {
   REQUIRE_ROOT_AND_FUSE();
   VolumeEnv env;
   const fs::path image = env.Image("v.img", 24);
@@ -256,7 +256,7 @@ TEST(VolumeTest, UserspaceWritesDecryptWithTheDumpedVolumeKeyUnderLibgcrypt) {
   constexpr size_t kData = 16 * 1024 * 1024;
   auto sector = [&](uint64_t n) {
     // dm-crypt's plain64 IV counts 512-byte units: 4096-byte sector n has IV 8n.
-    return GcryptXtsDecryptSector(volume_key, 8 * n, disk.substr(kData + n * 4096, 4096));
+    return NettleXtsDecryptSector(volume_key, 8 * n, disk.substr(kData + n * 4096, 4096));
   };
   const std::string first_two = sector(0) + sector(1) + sector(2) + sector(3);
   EXPECT_EQ(first_two.substr(4096 - 17, a.size()), a);

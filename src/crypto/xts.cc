@@ -1,11 +1,14 @@
 #include "keywarden/crypto/xts.h"
 
+#include <gcrypt.h>
 #include <openssl/crypto.h>
 
 #include <climits>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
-#include "src/crypto/openssl_util.h"
+#include "keywarden/status.h"
 
 namespace keywarden::crypto {
 namespace {
@@ -13,20 +16,88 @@ namespace {
 // IEEE 1619 §5.1 bounds a data unit at 2^20 AES blocks; dm-crypt sectors are far smaller.
 constexpr size_t kMaxUnit = size_t{1} << 24;
 
+// At most this many idle cipher handles are kept per key; more exist only while more threads
+// than that encrypt at once.
+constexpr size_t kMaxIdleHandles = 64;
+
+// EnsureGcrypt initialises libgcrypt once per process unless the application (or another
+// library) already did. Keywarden uses libgcrypt for AES-XTS only; its key schedules live in
+// the cipher handles, which gcry_cipher_close wipes. Secure memory is not used: the handles
+// are kept for the life of the key, like OpenSSL contexts elsewhere in the crypto core, and the
+// process is made non-dumpable with core files off (docs/security.md).
+bool EnsureGcrypt() {
+  static const bool ready = [] {
+    if (gcry_control(GCRYCTL_INITIALIZATION_FINISHED_P) != 0) return true;
+    if (gcry_check_version(GCRYPT_VERSION) == nullptr) return false;
+    gcry_control(GCRYCTL_DISABLE_SECMEM, 0);
+    gcry_control(GCRYCTL_INITIALIZATION_FINISHED, 0);
+    return true;
+  }();
+  return ready;
+}
+
+absl::Status GcryptError(const char* what, gcry_error_t err) {
+  return InternalError("{}: {}", what, gcry_strerror(err));
+}
+
 }  // namespace
 
+// State keeps the key (locked memory) and a pool of keyed libgcrypt handles: a handle is not
+// safe for concurrent use, and keying one costs a key expansion, so threads borrow idle ones.
 struct AesXts::State {
-  State(EVP_CIPHER_CTX* enc, EVP_CIPHER_CTX* dec) : encrypt(enc), decrypt(dec) {}
-  internal::CipherPool encrypt;
-  internal::CipherPool decrypt;
+  State(SecretBytes k, int a) : key(std::move(k)), algo(a) {}
+  ~State() {
+    for (gcry_cipher_hd_t h : idle) gcry_cipher_close(h);
+  }
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
+  absl::StatusOr<gcry_cipher_hd_t> Acquire() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!idle.empty()) {
+        gcry_cipher_hd_t h = idle.back();
+        idle.pop_back();
+        return h;
+      }
+    }
+    gcry_cipher_hd_t h = nullptr;
+    if (const gcry_error_t err = gcry_cipher_open(&h, algo, GCRY_CIPHER_MODE_XTS, 0); err != 0) {
+      return GcryptError("AES-XTS handle", err);
+    }
+    const auto k = key.Reveal(InsecureSecretAccess::Get());
+    if (const gcry_error_t err = gcry_cipher_setkey(h, k.data(), k.size()); err != 0) {
+      gcry_cipher_close(h);
+      return GcryptError("AES-XTS key setup", err);
+    }
+    return h;
+  }
+
+  void Release(gcry_cipher_hd_t h) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (idle.size() < kMaxIdleHandles) {
+        idle.push_back(h);
+        return;
+      }
+    }
+    gcry_cipher_close(h);
+  }
+
+  const SecretBytes key;
+  const int algo;
+  std::mutex mu;
+  std::vector<gcry_cipher_hd_t> idle;  // guarded by mu
 };
 
 AesXts::AesXts(std::unique_ptr<State> state) : state_(std::move(state)) {}
 AesXts::~AesXts() = default;
 
 absl::StatusOr<std::unique_ptr<AesXts>> AesXts::New(const SecretBytes& key) {
-  const char* name = key.size() == 32 ? "AES-128-XTS" : key.size() == 64 ? "AES-256-XTS" : nullptr;
-  if (name == nullptr) {
+  const int algo = key.size() == 32   ? GCRY_CIPHER_AES128
+                   : key.size() == 64 ? GCRY_CIPHER_AES256
+                                      : 0;
+  if (algo == 0) {
     return InvalidArgumentError("AES-XTS key of {} bytes; want 32 or 64", key.size());
   }
   const auto k = key.Reveal(InsecureSecretAccess::Get());
@@ -36,15 +107,14 @@ absl::StatusOr<std::unique_ptr<AesXts>> AesXts::New(const SecretBytes& key) {
   if (CRYPTO_memcmp(k.data(), k.data() + half, half) == 0) {
     return InvalidArgumentError("AES-XTS key halves are equal; refusing a weak key");
   }
-  const EVP_CIPHER* cipher = internal::FetchedCipher(name);
-  if (cipher == nullptr) return internal::OpenSslError("AES-XTS fetch");
-  internal::CipherCtxPtr enc(EVP_CIPHER_CTX_new());
-  internal::CipherCtxPtr dec(EVP_CIPHER_CTX_new());
-  if (!enc || !dec || EVP_EncryptInit_ex2(enc.get(), cipher, k.data(), nullptr, nullptr) != 1 ||
-      EVP_DecryptInit_ex2(dec.get(), cipher, k.data(), nullptr, nullptr) != 1) {
-    return internal::OpenSslError("AES-XTS setup");
+  if (!EnsureGcrypt()) {
+    return InternalError("libgcrypt {} or newer is required", GCRYPT_VERSION);
   }
-  return std::unique_ptr<AesXts>(new AesXts(std::make_unique<State>(enc.release(), dec.release())));
+  auto state = std::make_unique<State>(SecretBytes(k), algo);
+  // Key the first handle now, so that a key libgcrypt refuses fails here and not on first use.
+  ASSIGN_OR_RETURN(gcry_cipher_hd_t first, state->Acquire());
+  state->Release(first);
+  return std::unique_ptr<AesXts>(new AesXts(std::move(state)));
 }
 
 absl::Status AesXts::Encrypt(std::span<const uint8_t, kXtsTweakSize> tweak,
@@ -69,15 +139,15 @@ absl::Status AesXts::Crypt(bool encrypt, uint64_t first_unit, size_t unit_size,
     return InvalidArgumentError("AES-XTS data unit of {} bytes is not in [16, {}]", unit_size,
                                 kMaxUnit);
   }
-  if (in.data() != out.data() && in.data() < out.data() + out.size() &&
-      out.data() < in.data() + in.size()) {
+  const bool in_place = in.data() == out.data();
+  if (!in_place && in.data() < out.data() + out.size() && out.data() < in.data() + in.size()) {
     return InvalidArgumentError("AES-XTS input and output overlap partially");
   }
-  auto ctx = (encrypt ? state_->encrypt : state_->decrypt).Acquire();
-  if (!ctx) return internal::OpenSslError("AES-XTS context");
+  ASSIGN_OR_RETURN(gcry_cipher_hd_t h, state_->Acquire());
   uint8_t tweak[kXtsTweakSize] = {};
   const size_t units = in.size() / unit_size;
-  for (size_t i = 0; i < units; ++i) {
+  absl::Status status;
+  for (size_t i = 0; i < units && status.ok(); ++i) {
     if (explicit_tweak != nullptr) {
       std::memcpy(tweak, explicit_tweak, kXtsTweakSize);
     } else {
@@ -85,17 +155,20 @@ absl::Status AesXts::Crypt(bool encrypt, uint64_t first_unit, size_t unit_size,
       const uint64_t unit = (first_unit + i) * tweak_step;
       for (int b = 0; b < 8; ++b) tweak[b] = static_cast<uint8_t>(unit >> (8 * b));
     }
-    int written = 0;
-    // Re-initialising with only an IV keeps the expanded keys; OpenSSL's XTS processes one
-    // whole data unit per update call.
-    if (EVP_CipherInit_ex2(ctx.get(), nullptr, nullptr, tweak, encrypt ? 1 : 0, nullptr) != 1 ||
-        EVP_CipherUpdate(ctx.get(), out.data() + i * unit_size, &written, in.data() + i * unit_size,
-                         static_cast<int>(unit_size)) != 1 ||
-        static_cast<size_t>(written) != unit_size) {
-      return internal::OpenSslError(encrypt ? "AES-XTS encrypt" : "AES-XTS decrypt");
+    // Every data unit starts from its own tweak: libgcrypt's XTS carries the tweak on from one
+    // call to the next otherwise. A null input means "in place".
+    uint8_t* dst = out.data() + i * unit_size;
+    const uint8_t* src = in_place ? nullptr : in.data() + i * unit_size;
+    const size_t src_len = in_place ? 0 : unit_size;
+    gcry_error_t err = gcry_cipher_setiv(h, tweak, sizeof(tweak));
+    if (err == 0) {
+      err = encrypt ? gcry_cipher_encrypt(h, dst, unit_size, src, src_len)
+                    : gcry_cipher_decrypt(h, dst, unit_size, src, src_len);
     }
+    if (err != 0) status = GcryptError(encrypt ? "AES-XTS encrypt" : "AES-XTS decrypt", err);
   }
-  return absl::OkStatus();
+  state_->Release(h);
+  return status;
 }
 
 absl::StatusOr<std::unique_ptr<XtsSectorCipher>> XtsSectorCipher::New(const SecretBytes& key,
