@@ -30,12 +30,17 @@
 #include "keywarden/net/wireguard.h"
 #include "keywarden/status.h"
 #include "tests/netns.h"
+#include "tests/pcap.h"
 #include "tests/subprocess.h"
 
 namespace keywarden {
 namespace {
 
+using keywarden::testing::Census;
+using keywarden::testing::Classify;
+using keywarden::testing::Frame;
 using keywarden::testing::NetnsCluster;
+using keywarden::testing::PacketCapture;
 using keywarden::testing::RunResult;
 using std::chrono::milliseconds;
 using std::chrono::system_clock;
@@ -390,134 +395,14 @@ TEST_F(NetWireGuardTest, KeyRotationOnOneSideMeasured) {
 
 // ---- Underlay capture ----
 
-struct Frame {
-  std::vector<uint8_t> bytes;
-};
-
-// ReadPcap reads a classic pcap file (tcpdump -w) with Ethernet frames.
-std::vector<Frame> ReadPcap(const std::filesystem::path& path, std::string* error) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)),
-                                  std::istreambuf_iterator<char>());
-  auto u32 = [&](size_t at) {
-    uint32_t v;
-    std::memcpy(&v, data.data() + at, 4);
-    return v;  // the file is in this host's byte order (written here)
-  };
-  std::vector<Frame> frames;
-  if (data.size() < 24 || (u32(0) != 0xa1b2c3d4 && u32(0) != 0xa1b23c4d)) {
-    *error = "not a pcap file in host byte order";
-    return frames;
-  }
-  if (u32(20) != 1) {
-    *error = "link type " + std::to_string(u32(20)) + ", want Ethernet (1)";
-    return frames;
-  }
-  for (size_t at = 24; at + 16 <= data.size();) {
-    const uint32_t length = u32(at + 8);
-    at += 16;
-    if (at + length > data.size()) {
-      *error = "truncated record";
-      break;
-    }
-    frames.push_back({std::vector<uint8_t>(data.begin() + at, data.begin() + at + length)});
-    at += length;
-  }
-  return frames;
-}
-
-struct Census {
-  int arp = 0;
-  int wireguard_udp = 0;  // UDP between WireGuard ports carrying WireGuard messages
-  std::vector<std::string> other;
-  bool pattern_seen = false;
-};
-
-uint16_t Be16(const std::vector<uint8_t>& b, size_t at) {
-  return static_cast<uint16_t>(b[at] << 8 | b[at + 1]);
-}
-
-Census Classify(const std::vector<Frame>& frames, const std::vector<uint8_t>& pattern) {
-  Census census;
-  for (const Frame& frame : frames) {
-    const auto& f = frame.bytes;
-    if (std::search(f.begin(), f.end(), pattern.begin(), pattern.end()) != f.end()) {
-      census.pattern_seen = true;
-    }
-    if (f.size() < 14) {
-      census.other.push_back("runt frame");
-      continue;
-    }
-    const uint16_t ethertype = Be16(f, 12);
-    if (ethertype == 0x0806) {
-      ++census.arp;
-      continue;
-    }
-    if (ethertype != 0x0800 || f.size() < 14 + 20) {
-      census.other.push_back(fmt::format(
-          "ethertype {:#06x}{}", ethertype,
-          ethertype == 0x86dd && f.size() > 54
-              ? fmt::format(" (IPv6 next header {}, to {:02x}{:02x}::)", f[20], f[38], f[39])
-              : ""));
-      continue;
-    }
-    const size_t ip = 14;
-    const size_t ihl = (f[ip] & 0xf) * 4u;
-    const int protocol = f[ip + 9];
-    if (protocol != 17 || f.size() < ip + ihl + 8) {
-      census.other.push_back(fmt::format("IPv4 protocol {} to {}.{}.{}.{}", protocol, f[ip + 16],
-                                         f[ip + 17], f[ip + 18], f[ip + 19]));
-      continue;
-    }
-    const size_t udp = ip + ihl;
-    const uint16_t sport = Be16(f, udp), dport = Be16(f, udp + 2);
-    const size_t payload = udp + 8;
-    // A WireGuard message: type 1-4 (initiation, response, cookie reply, data), then three
-    // reserved zero bytes (WireGuard paper §5.4).
-    const bool wg_message = f.size() >= payload + 4 && f[payload] >= 1 && f[payload] <= 4 &&
-                            f[payload + 1] == 0 && f[payload + 2] == 0 && f[payload + 3] == 0;
-    if (sport == kPort && dport == kPort && wg_message) {
-      ++census.wireguard_udp;
-    } else {
-      census.other.push_back("UDP " + std::to_string(sport) + " -> " + std::to_string(dport));
-    }
-  }
-  return census;
-}
-
 // Capture runs tcpdump on node i's underlay device while `traffic` runs.
 std::vector<Frame> Capture(Mesh& m, size_t i, const std::string& name,
                            const std::function<void()>& traffic) {
-  const std::filesystem::path pcap = m.cluster.scratch() / (name + ".pcap");
-  const std::filesystem::path log = m.cluster.scratch() / (name + ".log");
-  keywarden::testing::BackgroundOptions options;
-  options.log = log;
-  // -Z root: Debian's tcpdump otherwise drops to the tcpdump user, who cannot write the
-  // private scratch directory. --immediate-mode and -U: take each packet from the kernel and
-  // write it at once; otherwise packets still in the kernel's ring-buffer block when SIGINT
-  // arrives are never written (tcpdump reports them as "received by filter", not "captured").
-  keywarden::testing::Background* dump =
-      m.cluster.Spawn(i,
-                      {"tcpdump", "-i", m.cluster.node(i).underlay_device, "-n", "--immediate-mode",
-                       "-U", "-Z", "root", "-w", pcap.string()},
-                      options);
-  if (dump == nullptr) return {};
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-  while (keywarden::testing::ReadFile(log).value_or("").find("listening on") == std::string::npos) {
-    if (!dump->Running() || std::chrono::steady_clock::now() > deadline) {
-      ADD_FAILURE() << "tcpdump did not start: " << dump->Log();
-      return {};
-    }
-    std::this_thread::sleep_for(milliseconds(20));
-  }
+  PacketCapture capture;
+  EXPECT_TRUE(capture.Start(m.cluster.node(i).netns, m.cluster.node(i).underlay_device,
+                            m.cluster.scratch(), name));
   traffic();
-  std::this_thread::sleep_for(milliseconds(300));  // let the last replies reach tcpdump
-  dump->Signal(SIGINT);
-  EXPECT_EQ(dump->Wait(std::chrono::seconds(10)), 0) << dump->Log();
-  std::string error;
-  std::vector<Frame> frames = ReadPcap(pcap, &error);
-  EXPECT_EQ(error, "");
-  return frames;
+  return capture.Stop();
 }
 
 TEST_F(NetWireGuardTest, UnderlayCarriesOnlyWireGuardUdp) {
@@ -537,7 +422,7 @@ TEST_F(NetWireGuardTest, UnderlayCarriesOnlyWireGuardUdp) {
         m.cluster.Exec(0, {"ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", "-p", pattern_hex, b});
     EXPECT_TRUE(ping.ok()) << ping;
   });
-  const Census census = Classify(tunnel, pattern);
+  const Census census = Classify(tunnel, pattern, kPort);
   EXPECT_GE(census.wireguard_udp, 10)
       << "5 requests and 5 replies at least; " << tunnel.size() << " frames";
   EXPECT_THAT(census.other, ::testing::IsEmpty());
@@ -552,7 +437,7 @@ TEST_F(NetWireGuardTest, UnderlayCarriesOnlyWireGuardUdp) {
                                               m.cluster.node(1).underlay_address});
     EXPECT_TRUE(ping.ok()) << ping;
   });
-  const Census control = Classify(plain, pattern);
+  const Census control = Classify(plain, pattern, kPort);
   EXPECT_TRUE(control.pattern_seen);
   EXPECT_THAT(control.other, ::testing::Contains(HasSubstr("IPv4 protocol 1 ")));
 }

@@ -73,10 +73,26 @@ std::vector<PeerUpdate> PlanPeers(const Device& device, const std::vector<Desire
     update.endpoint = peer.endpoint;
     update.replace_allowed_ips = true;
     update.allowed_ips = peer.allowed_ips;
-    update.persistent_keepalive_interval = keepalive_seconds;
+    update.persistent_keepalive_interval =
+        current == nullptr && keepalive_seconds == 0 ? kHandshakeKickSeconds : keepalive_seconds;
     updates.push_back(std::move(update));
   }
   return updates;
+}
+
+std::vector<PeerUpdate> KickFollowUp(const std::vector<PeerUpdate>& planned,
+                                     uint16_t keepalive_seconds) {
+  std::vector<PeerUpdate> off;
+  if (keepalive_seconds != 0) return off;
+  for (const PeerUpdate& update : planned) {
+    if (update.remove || update.persistent_keepalive_interval != kHandshakeKickSeconds) continue;
+    PeerUpdate back;
+    back.public_key = update.public_key;
+    back.update_only = true;
+    back.persistent_keepalive_interval = 0;
+    off.push_back(std::move(back));
+  }
+  return off;
 }
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::New(AgentOptions options, RegistryStore& store,
@@ -134,11 +150,14 @@ AgentStats Agent::stats() const {
   return stats_;
 }
 
-absl::StatusOr<PublicKey> Agent::SetKey(uint64_t epoch) {
+absl::StatusOr<PublicKey> Agent::SetKey(uint64_t epoch, bool set_listen_port) {
   ASSIGN_OR_RETURN(KeyPair pair, GenerateKeyPair());
   DeviceUpdate update;
   update.private_key = pair.private_key().Clone();
-  update.listen_port = options_.listen_port;
+  // Only at start: wireguard-go rebinds its UDP socket on every listen_port line, even for the
+  // port it already has, and packets arriving meanwhile get ICMP port unreachable (seen in the
+  // underlay capture of a rotation under a TCP stream).
+  if (set_listen_port) update.listen_port = options_.listen_port;
   RETURN_IF_ERROR(uapi_.Set(update));
   // update (with its SecretBytes) is wiped when it goes out of scope.
   std::lock_guard<std::mutex> lock(mu_);
@@ -166,7 +185,7 @@ absl::Status Agent::Rotate() {
     std::lock_guard<std::mutex> lock(mu_);
     epoch = stats_.epoch + 1;
   }
-  ASSIGN_OR_RETURN(const PublicKey key, SetKey(epoch));
+  ASSIGN_OR_RETURN(const PublicKey key, SetKey(epoch, /*set_listen_port=*/false));
   RETURN_IF_ERROR(Publish(epoch, key));
   options_.log("info", fmt::format("rotated the WireGuard key of {}: epoch {}, public key {}",
                                    options_.node, epoch, PublicKeyToBase64(key)));
@@ -236,8 +255,21 @@ absl::Status Agent::Reconcile() {
     std::lock_guard<std::mutex> lock(mu_);
     const auto now = std::chrono::system_clock::now();
     std::set<Cidr> claimed(options_.allowed_ips.begin(), options_.allowed_ips.end());
+    // An expired credential ends a peer: a node that stopped without leaving (crash, power
+    // loss) is dropped when its credential runs out. Run() wakes up for the earliest expiry.
+    next_expiry_ = std::chrono::system_clock::time_point::max();
+    for (auto it = peers_.begin(); it != peers_.end();) {
+      if (it->second.credential_not_after > now) {
+        next_expiry_ = std::min(next_expiry_, it->second.credential_not_after);
+        ++it;
+        continue;
+      }
+      options_.log("warning",
+                   fmt::format("node {}: its network credential expired; removed", it->first));
+      accepted_records_.erase(it->first);
+      it = peers_.erase(it);
+    }
     for (const auto& [node, verified] : peers_) {
-      if (verified.credential_not_after <= now) continue;  // expired credential: not a peer
       if (verified.entry.public_key == public_key_) continue;
       // An allowed IP can route to one peer only: a node claiming one already taken (by this
       // node, or a node earlier in name order) is left out, and logged.
@@ -259,15 +291,34 @@ absl::Status Agent::Reconcile() {
   std::vector<PeerUpdate> updates = PlanPeers(device, desired, options_.keepalive_seconds);
   const bool changed = !updates.empty();
   if (changed) {
+    std::vector<PeerUpdate> follow_up = KickFollowUp(updates, options_.keepalive_seconds);
     DeviceUpdate update;
     update.peers = std::move(updates);
     RETURN_IF_ERROR(uapi_.Set(update));
+    // The kick keepalives went out with the set above; switch them off again (a failure here
+    // leaves a 1 s keepalive, which the next reconcile corrects).
+    if (!follow_up.empty()) {
+      DeviceUpdate off;
+      off.peers = std::move(follow_up);
+      RETURN_IF_ERROR(uapi_.Set(off));
+    }
   }
   std::lock_guard<std::mutex> lock(mu_);
   stats_.reconciles += changed ? 1 : 0;
   stats_.peers = desired.size();
   stats_.last_reconcile = Clock::now() - started;
   return absl::OkStatus();
+}
+
+Clock::time_point Agent::NextExpiry() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (next_expiry_ == std::chrono::system_clock::time_point::max()) {
+    return Clock::time_point::max();
+  }
+  const auto left = next_expiry_ - std::chrono::system_clock::now();
+  // A millisecond past not-after, so that the reconcile sees the credential as expired.
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(left) +
+         std::chrono::milliseconds(1);
 }
 
 absl::StatusOr<int64_t> Agent::Resync() {
@@ -304,7 +355,7 @@ absl::Status Agent::Start() {
                                             .count());
   }
   std::lock_guard<std::mutex> rotating(rotate_mu_);
-  ASSIGN_OR_RETURN(const PublicKey key, SetKey(epoch));
+  ASSIGN_OR_RETURN(const PublicKey key, SetKey(epoch, /*set_listen_port=*/true));
   RETURN_IF_ERROR(Publish(epoch, key));
   options_.log("info",
                fmt::format("{} published: epoch {}, public key {}, endpoint {}", options_.node,
@@ -368,10 +419,11 @@ absl::Status Agent::Run(const std::atomic<bool>& stop) {
     bool do_relist = false, do_reconcile = false;
     {
       std::unique_lock<std::mutex> lock(wake_mu);
-      const auto until = std::min({next_rotation, next_resync, Clock::now() + retry * 2});
+      const auto expiry = NextExpiry();
+      const auto until = std::min({next_rotation, next_resync, Clock::now() + retry * 2, expiry});
       wake.wait_until(lock, until, [&] { return dirty || relist; });
       do_relist = relist || Clock::now() >= next_resync;
-      do_reconcile = dirty;
+      do_reconcile = dirty || Clock::now() >= expiry;
       dirty = false;
     }
     if (stop.load()) break;

@@ -91,6 +91,36 @@ TEST(PlanPeers, KeepaliveChangeIsAnUpdate) {
   EXPECT_TRUE(PlanPeers(device, {}, 0).size() == 1 && PlanPeers(device, {}, 0)[0].remove);
 }
 
+TEST(PlanPeers, ACreatedPeerGetsAKeepaliveKickThatIsSwitchedOffAfterwards) {
+  Device device;
+  device.peers = {Current(1, "10.0.0.1:51820", {C("10.9.0.1/32")}, 0),
+                  Current(2, "10.0.0.2:51820", {C("10.9.0.2/32")}, 0)};
+  const std::vector<DesiredPeer> desired = {
+      Desired("a", 1, "10.0.0.1:51820", {C("10.9.0.1/32")}),   // unchanged
+      Desired("b", 2, "10.0.0.22:51820", {C("10.9.0.2/32")}),  // moved: updated, no kick
+      Desired("c", 7, "10.0.0.3:51820", {C("10.9.0.3/32")})};  // new key: created, kicked
+  const std::vector<PeerUpdate> plan = PlanPeers(device, desired, 0);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].public_key, Key(2));
+  EXPECT_EQ(plan[0].persistent_keepalive_interval, std::optional<uint16_t>(0));
+  EXPECT_EQ(plan[1].public_key, Key(7));
+  EXPECT_EQ(plan[1].persistent_keepalive_interval, std::optional<uint16_t>(kHandshakeKickSeconds));
+  const std::vector<PeerUpdate> off = KickFollowUp(plan, 0);
+  ASSERT_EQ(off.size(), 1u);
+  EXPECT_EQ(off[0].public_key, Key(7));
+  EXPECT_TRUE(off[0].update_only);
+  EXPECT_FALSE(off[0].remove);
+  EXPECT_EQ(off[0].persistent_keepalive_interval, std::optional<uint16_t>(0));
+  EXPECT_FALSE(off[0].endpoint.has_value());
+  DeviceUpdate update;
+  update.peers = KickFollowUp(plan, 0);
+  EXPECT_TRUE(ValidateUpdate(update).ok()) << ValidateUpdate(update);
+  // With a configured keepalive, switching it on at creation is the kick: nothing to undo.
+  const std::vector<PeerUpdate> with_keepalive = PlanPeers(device, desired, 25);
+  EXPECT_EQ(with_keepalive.back().persistent_keepalive_interval, std::optional<uint16_t>(25));
+  EXPECT_TRUE(KickFollowUp(with_keepalive, 25).empty());
+}
+
 // A signer for `node` under a fresh authority (what the join service issues).
 std::unique_ptr<NodeSigner> TestSigner(const std::string& node) {
   auto authority = NewAuthorityFromSeed(crypto::RandomSecret(32).value()).value();

@@ -44,8 +44,21 @@ struct DesiredPeer {
 // a removal for every peer whose key is not desired, and an add-or-update (endpoint, allowed IPs
 // replaced, keepalive) for every desired peer that is missing or differs. Allowed IPs are
 // compared as sets. An empty result means the interface is up to date. Pure; for tests.
+//
+// A peer that is created (a node that joined, or a new key after a rotation) gets a persistent
+// keepalive even when `keepalive_seconds` is 0 (then kHandshakeKickSeconds): wireguard-go sends
+// a keepalive as soon as keepalive is switched on, and with it a handshake initiation. Without
+// it a node that just rotated waits out WireGuard's 5 s REKEY_TIMEOUT after its first
+// initiation (made before its peers knew the new key) while the peers, having nothing to send,
+// stay silent; a TCP stream through it stalled ~15 s in the rotation test. KickFollowUp gives
+// the update that switches such keepalives off again.
+inline constexpr uint16_t kHandshakeKickSeconds = 1;
 std::vector<PeerUpdate> PlanPeers(const Device& device, const std::vector<DesiredPeer>& desired,
                                   uint16_t keepalive_seconds);
+// KickFollowUp returns, for every peer PlanPeers created with the kick keepalive (only when
+// `keepalive_seconds` is 0), an update_only update that sets its keepalive back to 0.
+std::vector<PeerUpdate> KickFollowUp(const std::vector<PeerUpdate>& planned,
+                                     uint16_t keepalive_seconds);
 
 // AgentOptions configure one agent.
 struct AgentOptions {
@@ -121,8 +134,9 @@ class Agent {
   Agent(AgentOptions options, RegistryStore& store, EntryVerifier& verifier, NodeSigner& signer,
         UapiClient uapi);
   absl::Status Publish(uint64_t epoch, const PublicKey& key);
-  // SetKey puts a fresh key pair on the interface and returns its public key.
-  absl::StatusOr<PublicKey> SetKey(uint64_t epoch);
+  // SetKey puts a fresh key pair on the interface (and the listen port, at start only) and
+  // returns its public key.
+  absl::StatusOr<PublicKey> SetKey(uint64_t epoch, bool set_listen_port);
   // Apply records one record (or a deletion when record is empty) in the peer table.
   void Apply(const std::string& node, const std::string& record);
   absl::Status Reconcile();
@@ -130,6 +144,8 @@ class Agent {
   absl::StatusOr<int64_t> Resync();
   // Start sets a fresh key and publishes the first entry.
   absl::Status Start();
+  // NextExpiry is when the earliest peer credential runs out (steady clock), or max().
+  std::chrono::steady_clock::time_point NextExpiry() const;
 
   const AgentOptions options_;  // options_.log is const-callable
   RegistryStore& store_;
@@ -142,6 +158,8 @@ class Agent {
   std::map<std::string, std::string> refused_records_;   // last refused record per node
   std::map<std::string, std::string> accepted_records_;  // record of each entry in peers_
   PublicKey public_key_{};                               // this node's current key
+  // Earliest not-after among configured peers (set by Reconcile); guarded by mu_.
+  std::chrono::system_clock::time_point next_expiry_ = std::chrono::system_clock::time_point::max();
   AgentStats stats_;
   std::mutex rotate_mu_;  // one key change at a time
 };
