@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 
 #include "keywarden/crypto/encoding.h"
 #include "keywarden/keys/cluster.h"
@@ -14,6 +16,32 @@ namespace keywarden::cli {
 int Fail(const absl::Status& status) {
   fmt::print(stderr, "keywarden: error: {}\n", StatusMessage(status));
   return kExitError;
+}
+
+absl::StatusOr<std::chrono::milliseconds> ParseDuration(std::string_view flag,
+                                                        std::string_view text) {
+  const auto refuse = [&] {
+    return InvalidArgumentError(
+        "{} \"{}\" is not a duration: write a positive whole number followed by s, m, h or d "
+        "(e.g. 90s, 10m, 1h, 1d)",
+        flag, Printable(text));
+  };
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0 || digits > 9 || digits + 1 != text.size() || text[0] == '0') return refuse();
+  const int64_t count = std::strtoll(std::string(text.substr(0, digits)).c_str(), nullptr, 10);
+  switch (text.back()) {
+    case 's':
+      return std::chrono::milliseconds(count * 1000);
+    case 'm':
+      return std::chrono::milliseconds(count * 60 * 1000);
+    case 'h':
+      return std::chrono::milliseconds(count * 3600 * 1000);
+    case 'd':
+      return std::chrono::milliseconds(count * 86400 * 1000);
+    default:
+      return refuse();
+  }
 }
 
 namespace {

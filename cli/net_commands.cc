@@ -37,34 +37,6 @@ using SystemTime = std::chrono::system_clock::time_point;
 
 milliseconds Millis(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
 
-// ParseDuration accepts a positive whole number (at most 9 digits, no leading zero) followed by
-// one unit: s, m, h or d ("90s", "10m", "1h", "1d"). Nothing else: no fractions, no sums
-// ("1h30m"), no spaces, no bare numbers.
-absl::StatusOr<milliseconds> ParseDuration(std::string_view flag, std::string_view text) {
-  const auto refuse = [&] {
-    return InvalidArgumentError(
-        "{} \"{}\" is not a duration: write a positive whole number followed by s, m, h or d "
-        "(e.g. 90s, 10m, 1h, 1d)",
-        flag, Printable(text));
-  };
-  size_t digits = 0;
-  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
-  if (digits == 0 || digits > 9 || digits + 1 != text.size() || text[0] == '0') return refuse();
-  const int64_t count = std::strtoll(std::string(text.substr(0, digits)).c_str(), nullptr, 10);
-  switch (text.back()) {
-    case 's':
-      return milliseconds(count * 1000);
-    case 'm':
-      return milliseconds(count * 60 * 1000);
-    case 'h':
-      return milliseconds(count * 3600 * 1000);
-    case 'd':
-      return milliseconds(count * 86400 * 1000);
-    default:
-      return refuse();
-  }
-}
-
 // ParseAllowedIps splits CIDR[,CIDR...]; each prefix must be canonical (net::Cidr::Parse, whose
 // message names the canonical network when host bits are set).
 absl::StatusOr<std::vector<net::Cidr>> ParseAllowedIps(std::string_view text) {

@@ -20,6 +20,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -286,7 +287,9 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
   ServiceProcess server(
       {"--dir", cluster.string(), "--join-listen", "127.0.0.1:0", "--measurements",
        (world.temp() / "measurements.json").string(), "--ek-ca", world.ca()->ca_bundle().string(),
-       "--audit-log", (cluster / "audit.log").string()},
+       "--audit-log", (cluster / "audit.log").string(),
+       // Short credentials, so that renewal and expiry happen inside the test.
+       "--net-credential-lifetime", "9s"},
       cluster / "serve.log");
   ASSERT_TRUE(server.Start()) << server.stderr_text();
   for (int i = 0; i < 2; ++i) {
@@ -296,7 +299,8 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
 
   const std::string store = "sqlite://" + (world.temp() / "registry.db").string();
   std::vector<Background> agents(2);
-  for (size_t i = 0; i < 2; ++i) {
+  // Node 0 also rotates its WireGuard key every 4 s.
+  auto start_agent = [&](size_t i, int attempt) {
     const NetnsNode& node = lan.node(i);
     std::vector<std::string> args =
         AgentArgs(store, "node-" + std::to_string(i), node.interface,
@@ -304,14 +308,17 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
                   node.underlay_address + ":51820", node.tunnel_address + "/32");
     args.insert(args.begin(), KEYWARDEN_BINARY);
     args.push_back("--leave-on-exit");
+    if (i == 0) args.insert(args.end(), {"--rotate-every", "4s"});
     BackgroundOptions options;
-    options.log = world.temp() / ("agent-" + std::to_string(i) + ".log");
+    options.log =
+        world.temp() / ("agent-" + std::to_string(i) + "." + std::to_string(attempt) + ".log");
     options.capture_stdout = true;
-    ASSERT_TRUE(agents[i].Start(args, options));
+    if (!agents[i].Start(args, options)) return false;
     const auto ready = agents[i].WaitLine("net agent ready: ", 60s);
-    ASSERT_TRUE(ready.has_value()) << agents[i].Log() << server.stderr_text();
-    EXPECT_THAT(*ready, HasSubstr("node-" + std::to_string(i)));
-  }
+    EXPECT_TRUE(ready.has_value()) << agents[i].Log() << server.stderr_text();
+    return ready.has_value() && ready->find("node-" + std::to_string(i)) != std::string::npos;
+  };
+  for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(start_agent(i, 1));
   for (size_t i = 0; i < 2; ++i) {
     ASSERT_TRUE(WaitFor([&] { return PeerCount(lan.node(i)) == 1; })) << agents[i].Log();
   }
@@ -347,6 +354,65 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
   ASSERT_TRUE(r.ok()) << r;
   EXPECT_THAT(r.stdout_text, HasSubstr(lan.node(0).underlay_address + ":51820"));
   EXPECT_THAT(r.stdout_text, Not(HasSubstr("node-0")));
+
+  // Credentials live 9 s and are renewed at 2/3 of that; past the first credentials' expiry
+  // the nodes are still each other's peers, and node 0's epoch (renewal + --rotate-every) rose.
+  const uint64_t first_epoch = status["peers"][0]["epoch"].get<uint64_t>();  // node 1's
+  r = Kw({"net", "status", "--interface", lan.node(1).interface, "--store", store, "--json"});
+  ASSERT_TRUE(r.ok()) << r;
+  const uint64_t first_epoch0 =
+      nlohmann::json::parse(r.stdout_text)["peers"][0]["epoch"].get<uint64_t>();
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_TRUE(WaitFor(
+        [&] { return agents[i].Log().find("credential renewed") != std::string::npos; }, 20s))
+        << agents[i].Log();
+  }
+  std::this_thread::sleep_for(5s);  // past the first credentials' not-after (9 s after issue)
+  EXPECT_THAT(agents[0].Log(), HasSubstr("rotated the WireGuard key of node-0"));
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(PeerCount(lan.node(i)), 1u) << agents[i].Log();
+    EXPECT_THAT(agents[i].Log(), Not(HasSubstr("credential expired"))) << agents[i].Log();
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return lan.Exec(i, {"ping", "-c", "1", "-W", "1", lan.node(1 - i).tunnel_address}).ok();
+        },
+        10s))
+        << agents[i].Log();
+  }
+  r = Kw({"net", "status", "--interface", lan.node(1).interface, "--store", store, "--json"});
+  ASSERT_TRUE(r.ok()) << r;
+  const nlohmann::json later = nlohmann::json::parse(r.stdout_text);
+  ASSERT_EQ(later["peers"].size(), 1u) << r.stdout_text;
+  EXPECT_EQ(later["peers"][0]["node"], "node-0");
+  EXPECT_GT(later["peers"][0]["epoch"].get<uint64_t>(), first_epoch0)
+      << "node 0 rotates every 4 s and renewed its credential";
+  r = Kw({"net", "status", "--interface", lan.node(0).interface, "--store", store, "--json"});
+  ASSERT_TRUE(r.ok()) << r;
+  EXPECT_GT(nlohmann::json::parse(r.stdout_text)["peers"][0]["epoch"].get<uint64_t>(), first_epoch)
+      << "node 1 renewed its credential, so it republished at a higher epoch";
+
+  // Node 1 dies without leaving (SIGKILL): its entry stays in the registry, and node 0 drops
+  // the peer when the credential runs out, at most 9 s after it was last renewed.
+  const auto killed_at = std::chrono::steady_clock::now();
+  agents[1].Signal(SIGKILL);
+  agents[1].Wait(10s);
+  EXPECT_EQ(RegistrySize(store), 2u);
+  EXPECT_TRUE(WaitFor([&] { return PeerCount(lan.node(0)) == 0; }, 15s)) << agents[0].Log();
+  std::cout << "[ crashed node dropped after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - killed_at)
+                   .count()
+            << " ms (credential lifetime 9 s) ]\n";
+  EXPECT_THAT(agents[0].Log(), HasSubstr("node node-1: its network credential expired; removed"));
+  // It comes back with a fresh credential and key; node 0 takes it again.
+  ASSERT_TRUE(start_agent(1, 2));
+  EXPECT_TRUE(WaitFor([&] { return PeerCount(lan.node(0)) == 1; })) << agents[0].Log();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return lan.Exec(0, {"ping", "-c", "1", "-W", "1", lan.node(1).tunnel_address}).ok();
+      },
+      20s))
+      << agents[0].Log();
 
   // Node 1 stops with --leave-on-exit: its entry is deleted and node 0 drops the peer.
   agents[1].Signal(SIGTERM);

@@ -581,6 +581,7 @@ absl::Status RunKeyService(const ServeOptions& options) {
       join_options.port = join_setup->port;
       join_options.ek_ca_bundle_pem = std::move(join_setup->ek_ca_pem);
       join_options.measurements = std::move(join_setup->measurements);
+      join_options.net_credential_lifetime = options.net_credential_lifetime;
       ASSIGN_OR_RETURN(join, JoinService::Start(std::move(join_options), keys.get(), audit.get()));
       return absl::OkStatus();
     }();

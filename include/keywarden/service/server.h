@@ -39,6 +39,9 @@ struct ServeOptions {
   std::string join_listen = "0.0.0.0:9090";
   std::filesystem::path join_measurements;
   std::filesystem::path join_ek_ca;
+  // net_credential_lifetime: how long the network node credentials the join service issues stay
+  // valid (JoinServiceOptions::net_credential_lifetime; agents renew at 2/3 of it).
+  std::chrono::seconds net_credential_lifetime{24 * 3600};
   // audit_log: the join service's audit log; empty means DIR/audit.log.
   std::filesystem::path audit_log;
   // User-managed mode (BYOK / HYOK, docs/byok.md): with kms_uri (kms://...) and storage_uri
