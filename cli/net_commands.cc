@@ -167,6 +167,7 @@ struct NetCommands::Flags {
   CLI::App* net = nullptr;
   CLI::App* agent = nullptr;
   CLI::App* status = nullptr;
+  CLI::App* remove = nullptr;
 
   // Shared.
   std::string store;
@@ -190,6 +191,7 @@ struct NetCommands::Flags {
 
   int RunAgent();
   int RunStatus();
+  int RunRemove();
   absl::StatusOr<IssuedCredential> Credential() const;
 };
 
@@ -280,6 +282,19 @@ NetCommands::NetCommands(CLI::App& app) : flags_(std::make_unique<Flags>()) {
                        "the cluster store holding the registry (sqlite://PATH or etcd://...); "
                        "optional");
   f.status->add_flag("--json", f.json, "print JSON");
+
+  f.remove = f.net->add_subcommand(
+      "remove",
+      "Delete a node's entry from the registry, so that every agent removes its peer at once: "
+      "for a node that is gone for good and did not leave (crashed, deleted) - otherwise its "
+      "peers keep it until its credential expires (`keywarden serve "
+      "--net-credential-lifetime`). A running agent of that node would publish again; stop it "
+      "first. Needs write access to the store, nothing else.");
+  f.remove
+      ->add_option("--store", f.store,
+                   "the cluster store holding the registry (sqlite://PATH or etcd://...)")
+      ->required();
+  f.remove->add_option("--node", f.node, "the node's name in the registry")->required();
 }
 
 NetCommands::~NetCommands() = default;
@@ -292,6 +307,7 @@ std::optional<int> NetCommands::Run() {
   Flags& f = *flags_;
   if (f.agent->parsed()) return f.RunAgent();
   if (f.status->parsed()) return f.RunStatus();
+  if (f.remove->parsed()) return f.RunRemove();
   return std::nullopt;
 }
 
@@ -476,6 +492,32 @@ int NetCommands::Flags::RunAgent() {
     }
   }
   log.Info("network agent stopped", {{"node", node}});
+  return kExitOk;
+}
+
+int NetCommands::Flags::RunRemove() {
+  if (!net::ValidNodeName(node)) {
+    return Fail(InvalidArgumentError(
+        "--node \"{}\" is not a node name (1-63 characters of a-z, 0-9 and '-')",
+        Printable(node, 80)));
+  }
+  auto store_handle = net::OpenRegistryStore(store);
+  if (!store_handle.ok()) return Fail(store_handle.status());
+  auto snapshot = (*store_handle)->List();
+  if (!snapshot.ok()) {
+    return Fail(MakeStatus(snapshot.status().code(), "cannot read the registry {}: {}",
+                           (*store_handle)->Describe(), StatusMessage(snapshot.status())));
+  }
+  if (std::none_of(snapshot->records.begin(), snapshot->records.end(),
+                   [&](const auto& record) { return record.first == node; })) {
+    return Fail(NotFoundError("the registry {} has no entry for node {}",
+                              (*store_handle)->Describe(), node));
+  }
+  if (absl::Status deleted = (*store_handle)->Delete(node); !deleted.ok()) {
+    return Fail(MakeStatus(deleted.code(), "cannot delete the entry of node {}: {}", node,
+                           StatusMessage(deleted)));
+  }
+  fmt::print("removed the registry entry of node {}; agents drop its peer\n", node);
   return kExitOk;
 }
 

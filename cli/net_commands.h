@@ -1,4 +1,4 @@
-// The network commands (`keywarden net agent|status`, docs/network.md "Commands").
+// The network commands (`keywarden net agent|status|remove`, docs/network.md "Commands").
 #pragma once
 
 #include <CLI/CLI.hpp>

@@ -162,6 +162,37 @@ TEST(NetCli, BadFlagsAreRefusedWithMessagesThatNameTheValue) {
   EXPECT_THAT(r.stdout_text, HasSubstr("NOT verified"));
 }
 
+TEST(NetCli, RemoveDeletesOneEntryAndRefusesWhatItCannotFind) {
+  TempDir temp;
+  const std::string store = "sqlite://" + (temp / "registry.db").string();
+  {
+    auto registry = net::OpenRegistryStore(store);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    // The store keeps records opaque; remove neither parses nor verifies them.
+    ASSERT_TRUE((*registry)->Put("node-a", "record a").ok());
+    ASSERT_TRUE((*registry)->Put("node-b", "record b").ok());
+  }
+  RunResult r = Kw({"net", "remove", "--store", store, "--node", "node-a"});
+  ASSERT_TRUE(r.ok()) << r;
+  EXPECT_THAT(r.stdout_text, HasSubstr("removed the registry entry of node node-a"));
+  EXPECT_EQ(RegistrySize(store), 1u);
+  r = Kw({"net", "remove", "--store", store, "--node", "node-a"});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.stderr_text, HasSubstr("has no entry for node node-a"));
+  r = Kw({"net", "remove", "--store", store, "--node", "Node_B"});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.stderr_text, HasSubstr("\"Node_B\" is not a node name"));
+  r = Kw({"net", "remove", "--store", "sqlite://" + (temp / "missing" / "r.db").string(), "--node",
+          "node-b"});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  r = Kw({"net", "remove", "--store", store});
+  EXPECT_EQ(r.exit_code, 2) << r;  // --node is required
+  EXPECT_EQ(RegistrySize(store), 1u) << "a refused remove changed the registry";
+  r = Kw({"net", "remove", "--help"});
+  EXPECT_TRUE(r.ok()) << r;
+  EXPECT_THAT(r.stdout_text, HasSubstr("--net-credential-lifetime"));
+}
+
 TEST(NetCli, AnUnreachableJoinServiceAndANodeThatNeverJoinedAreRefused) {
   if (!HaveSwtpm()) GTEST_SKIP() << "swtpm is not installed";
   TempDir temp;
