@@ -31,7 +31,7 @@ bool KeyLess(const T* a, const T* b) {
 }  // namespace
 
 std::vector<PeerUpdate> PlanPeers(const Device& device, const std::vector<DesiredPeer>& desired,
-                                  uint16_t keepalive_seconds) {
+                                  uint16_t keepalive_seconds, bool kick_created) {
   // Both sides sorted by key, then binary searches: O((n + m) log n). A scan of the other side
   // per peer was quadratic: ~400 ms for 10,000 peers, now ~6 ms (docs/performance.md, "Network
   // agent").
@@ -74,7 +74,8 @@ std::vector<PeerUpdate> PlanPeers(const Device& device, const std::vector<Desire
     update.replace_allowed_ips = true;
     update.allowed_ips = peer.allowed_ips;
     update.persistent_keepalive_interval =
-        current == nullptr && keepalive_seconds == 0 ? kHandshakeKickSeconds : keepalive_seconds;
+        current == nullptr && keepalive_seconds == 0 && kick_created ? kHandshakeKickSeconds
+                                                                     : keepalive_seconds;
     updates.push_back(std::move(update));
   }
   return updates;
@@ -251,8 +252,10 @@ void Agent::Apply(const std::string& node, const std::string& record) {
 absl::Status Agent::Reconcile() {
   const auto started = Clock::now();
   std::vector<DesiredPeer> desired;
+  bool kick = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    kick = reconciled_once_;
     const auto now = std::chrono::system_clock::now();
     std::set<Cidr> claimed(options_.allowed_ips.begin(), options_.allowed_ips.end());
     // An expired credential ends a peer: a node that stopped without leaving (crash, power
@@ -288,7 +291,7 @@ absl::Status Agent::Reconcile() {
     }
   }
   ASSIGN_OR_RETURN(Device device, uapi_.Get());
-  std::vector<PeerUpdate> updates = PlanPeers(device, desired, options_.keepalive_seconds);
+  std::vector<PeerUpdate> updates = PlanPeers(device, desired, options_.keepalive_seconds, kick);
   const bool changed = !updates.empty();
   if (changed) {
     std::vector<PeerUpdate> follow_up = KickFollowUp(updates, options_.keepalive_seconds);
@@ -305,6 +308,7 @@ absl::Status Agent::Reconcile() {
   }
   std::lock_guard<std::mutex> lock(mu_);
   stats_.reconciles += changed ? 1 : 0;
+  reconciled_once_ = true;
   stats_.peers = desired.size();
   stats_.last_reconcile = Clock::now() - started;
   return absl::OkStatus();

@@ -115,6 +115,10 @@ TEST(PlanPeers, ACreatedPeerGetsAKeepaliveKickThatIsSwitchedOffAfterwards) {
   DeviceUpdate update;
   update.peers = KickFollowUp(plan, 0);
   EXPECT_TRUE(ValidateUpdate(update).ok()) << ValidateUpdate(update);
+  // No kick when asked not to (an agent's first reconcile).
+  const std::vector<PeerUpdate> quiet = PlanPeers(device, desired, 0, /*kick_created=*/false);
+  EXPECT_EQ(quiet.back().persistent_keepalive_interval, std::optional<uint16_t>(0));
+  EXPECT_TRUE(KickFollowUp(quiet, 0).empty());
   // With a configured keepalive, switching it on at creation is the kick: nothing to undo.
   const std::vector<PeerUpdate> with_keepalive = PlanPeers(device, desired, 25);
   EXPECT_EQ(with_keepalive.back().persistent_keepalive_interval, std::optional<uint16_t>(25));

@@ -51,10 +51,12 @@ struct DesiredPeer {
 // it a node that just rotated waits out WireGuard's 5 s REKEY_TIMEOUT after its first
 // initiation (made before its peers knew the new key) while the peers, having nothing to send,
 // stay silent; a TCP stream through it stalled ~15 s in the rotation test. KickFollowUp gives
-// the update that switches such keepalives off again.
+// the update that switches such keepalives off again. `kick_created` false leaves the kick out
+// (an agent's first reconcile: its own key is new to everyone, so the peers kick it when they
+// learn the key, and kicking thousands of peers at start would only start a handshake storm).
 inline constexpr uint16_t kHandshakeKickSeconds = 1;
 std::vector<PeerUpdate> PlanPeers(const Device& device, const std::vector<DesiredPeer>& desired,
-                                  uint16_t keepalive_seconds);
+                                  uint16_t keepalive_seconds, bool kick_created = true);
 // KickFollowUp returns, for every peer PlanPeers created with the kick keepalive (only when
 // `keepalive_seconds` is 0), an update_only update that sets its keepalive back to 0.
 std::vector<PeerUpdate> KickFollowUp(const std::vector<PeerUpdate>& planned,
@@ -160,6 +162,7 @@ class Agent {
   PublicKey public_key_{};                               // this node's current key
   // Earliest not-after among configured peers (set by Reconcile); guarded by mu_.
   std::chrono::system_clock::time_point next_expiry_ = std::chrono::system_clock::time_point::max();
+  bool reconciled_once_ = false;  // guarded by mu_; no handshake kick before the first reconcile
   AgentStats stats_;
   std::mutex rotate_mu_;  // one key change at a time
 };
