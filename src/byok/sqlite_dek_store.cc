@@ -1,16 +1,13 @@
 // storage://sqlite?path=FILE: wrapped DEKs in an SQLite table, safe for any number of processes
 // sharing the file (the conditional writes are transactions that take SQLite's write lock first).
-#include <fcntl.h>
 #include <sqlite3.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <charconv>
-#include <cstring>
 #include <mutex>
 
 #include "keywarden/byok/byok.h"
 #include "keywarden/status.h"
+#include "src/store/sqlite_open.h"
 
 namespace keywarden::byok {
 namespace {
@@ -199,47 +196,18 @@ class SqliteDekStore : public DekStore {
 absl::StatusOr<std::unique_ptr<DekStore>> NewSqliteDekStore(const std::string& path,
                                                             const RemoteOptions& options) {
   if (path.empty()) return InvalidArgumentError("storage://sqlite needs path=FILE");
-  // Create the file with mode 0600 before SQLite does (it would use 0644); SQLite gives its
-  // -wal and -shm files the same mode as the database.
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    return FailedPreconditionError("cannot open DEK store {}: {}", path, std::strerror(errno));
-  }
-  close(fd);
-  sqlite3* db = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
-  auto fail = [&](std::string_view what) -> absl::Status {
-    const std::string message = fmt::format("DEK store {}: {}: {}", path, what,
-                                            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-    sqlite3_close_v2(db);
-    return absl::FailedPreconditionError(internal::ToAbsl(message));
-  };
-  if (rc != SQLITE_OK) return fail("cannot open database");
-  sqlite3_busy_timeout(db, static_cast<int>(options.timeout.count()));
-  int app_id = -1;
-  {
-    Statement stmt(db, "PRAGMA application_id");
-    if (stmt.prepare_rc() == SQLITE_OK && stmt.Step() == SQLITE_ROW) {
-      app_id = sqlite3_column_int(stmt.get(), 0);
-    }
-  }
-  if (app_id == -1) return fail("not a SQLite database");
-  if (app_id != 0 && app_id != kApplicationId) return fail("not a Keywarden database");
-  // WAL with synchronous=FULL: a committed DEK survives power loss (a DEK that a caller received
-  // must never be lost). secure_delete overwrites freed pages.
-  const std::string setup = fmt::format(
-      "PRAGMA journal_mode=WAL;"
-      "PRAGMA synchronous=FULL;"
-      "PRAGMA secure_delete=ON;"
-      "PRAGMA application_id={};"
-      "CREATE TABLE IF NOT EXISTS keywarden_deks(id TEXT PRIMARY KEY, blob BLOB NOT NULL, "
-      "version INTEGER NOT NULL);",
-      kApplicationId);
-  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return fail("cannot set up database");
-  }
-  return std::unique_ptr<DekStore>(new SqliteDekStore(db, path));
+  // synchronous=FULL (set by OpenSqliteDatabase): a DEK that a caller received must never be
+  // lost. secure_delete overwrites freed pages.
+  ASSIGN_OR_RETURN(store::internal::SqliteDb db,
+                   store::internal::OpenSqliteDatabase(
+                       path, {.name = "DEK store " + path,
+                              .application_id = kApplicationId,
+                              .busy_timeout = options.timeout,
+                              .secure_delete = true,
+                              .schema = "CREATE TABLE IF NOT EXISTS keywarden_deks(id TEXT PRIMARY "
+                                        "KEY, blob BLOB NOT NULL, version INTEGER NOT NULL);",
+                              .setup_error = "cannot set up database"}));
+  return std::unique_ptr<DekStore>(new SqliteDekStore(db.release(), path));
 }
 
 void RegisterSqlite() {

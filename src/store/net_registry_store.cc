@@ -3,13 +3,9 @@
 // SQLite and etcd are touched from the store module only (STYLE.md "Layout"); it is compiled
 // into keywarden_net_registry. Key layout and tables: docs/formats/network-registry.md
 // ("Stores").
-#include <fcntl.h>
 #include <sqlite3.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -21,6 +17,7 @@
 #include "keywarden/store/etcd_kek_store.h"
 #include "keywarden/store/kek_store.h"
 #include "src/store/etcd_kv.h"
+#include "src/store/sqlite_open.h"
 
 namespace keywarden::net {
 namespace {
@@ -283,53 +280,29 @@ class SqliteRegistryStore final : public RegistryStore {
 
 absl::StatusOr<std::unique_ptr<RegistryStore>> OpenSqlite(const std::filesystem::path& path,
                                                           milliseconds timeout) {
-  // Created with mode 0600 before SQLite does (it would use 0644); its -wal and -shm files
-  // take the database's mode.
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    return FailedPreconditionError("cannot open {}: {}", path.string(), std::strerror(errno));
-  }
-  close(fd);
-  sqlite3* db = nullptr;
-  const int rc =
-      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
-  auto fail = [&](std::string_view what) -> absl::Status {
-    const std::string message = fmt::format("{}: {}: {}", path.string(), what,
-                                            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-    sqlite3_close_v2(db);
-    return absl::FailedPreconditionError(keywarden::internal::ToAbsl(message));
-  };
-  if (rc != SQLITE_OK) return fail("cannot open database");
-  sqlite3_busy_timeout(db, static_cast<int>(timeout.count()));
-  int app_id = -1;
-  {
-    Stmt stmt(db, "PRAGMA application_id");
-    if (stmt.ok() && stmt.Step() == SQLITE_ROW) app_id = static_cast<int>(stmt.ColumnInt(0));
-  }
-  if (app_id == -1) return fail("not a SQLite database");
-  if (app_id != 0 && app_id != kApplicationId) return fail("not a Keywarden database");
-  // WAL: readers (List, Watch polls) never block the writer of another process, and the
-  // writer waits for the busy timeout instead of failing at once. synchronous=FULL: a
-  // committed entry survives power loss.
-  const std::string setup = fmt::format(
-      "PRAGMA journal_mode=WAL;"
-      "PRAGMA synchronous=FULL;"
-      "PRAGMA application_id={};"
-      "BEGIN IMMEDIATE;"
-      "CREATE TABLE IF NOT EXISTS net_registry_nodes(node TEXT PRIMARY KEY, record BLOB NOT NULL,"
-      " revision INTEGER NOT NULL);"
-      "CREATE TABLE IF NOT EXISTS net_registry_log(revision INTEGER PRIMARY KEY, node TEXT NOT "
-      "NULL, record BLOB);"
-      "CREATE TABLE IF NOT EXISTS net_registry_meta(name TEXT PRIMARY KEY, value INTEGER NOT "
-      "NULL);"
-      "INSERT OR IGNORE INTO net_registry_meta(name, value) VALUES('revision', 0), "
-      "('compacted', 0);"
-      "COMMIT;",
-      kApplicationId);
-  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return fail("cannot set up the registry tables");
-  }
-  return std::unique_ptr<RegistryStore>(new SqliteRegistryStore(db, path));
+  // WAL (set by OpenSqliteDatabase): readers (List, Watch polls) never block the writer of
+  // another process, and the writer waits for the busy timeout instead of failing at once.
+  ASSIGN_OR_RETURN(
+      store::internal::SqliteDb db,
+      store::internal::OpenSqliteDatabase(
+          path,
+          {.name = path.string(),
+           .application_id = kApplicationId,
+           .busy_timeout = timeout,
+           .secure_delete = false,
+           .schema =
+               "BEGIN IMMEDIATE;"
+               "CREATE TABLE IF NOT EXISTS net_registry_nodes(node TEXT PRIMARY KEY, record BLOB "
+               "NOT NULL, revision INTEGER NOT NULL);"
+               "CREATE TABLE IF NOT EXISTS net_registry_log(revision INTEGER PRIMARY KEY, node "
+               "TEXT NOT NULL, record BLOB);"
+               "CREATE TABLE IF NOT EXISTS net_registry_meta(name TEXT PRIMARY KEY, value INTEGER "
+               "NOT NULL);"
+               "INSERT OR IGNORE INTO net_registry_meta(name, value) VALUES('revision', 0), "
+               "('compacted', 0);"
+               "COMMIT;",
+           .setup_error = "cannot set up the registry tables"}));
+  return std::unique_ptr<RegistryStore>(new SqliteRegistryStore(db.release(), path));
 }
 
 // ---- etcd ------------------------------------------------------------------------------------

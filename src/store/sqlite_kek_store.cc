@@ -1,14 +1,11 @@
 #include "keywarden/store/sqlite_kek_store.h"
 
-#include <fcntl.h>
 #include <sqlite3.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <mutex>
 
 #include "keywarden/status.h"
+#include "src/store/sqlite_open.h"
 
 namespace keywarden::store {
 namespace {
@@ -101,46 +98,17 @@ class SqliteKekStore : public KekStore {
 
 absl::StatusOr<std::unique_ptr<KekStore>> NewSqliteKekStore(const std::filesystem::path& path,
                                                             const StoreOptions& options) {
-  // Create the file with mode 0600 before SQLite does (it would use 0644); SQLite gives its
-  // -wal and -shm files the same mode as the database.
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    return FailedPreconditionError("cannot open {}: {}", path.string(), std::strerror(errno));
-  }
-  close(fd);
-  sqlite3* db = nullptr;
-  int rc =
-      sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
-  auto fail = [&](std::string_view what) -> absl::Status {
-    const std::string message = fmt::format("{}: {}: {}", path.string(), what,
-                                            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-    sqlite3_close_v2(db);
-    return absl::FailedPreconditionError(internal::ToAbsl(message));
-  };
-  if (rc != SQLITE_OK) return fail("cannot open database");
-  sqlite3_busy_timeout(db, static_cast<int>(options.timeout.count()));
-  sqlite3_stmt* stmt = nullptr;
-  int app_id = -1;
-  if (sqlite3_prepare_v2(db, "PRAGMA application_id", -1, &stmt, nullptr) == SQLITE_OK &&
-      sqlite3_step(stmt) == SQLITE_ROW) {
-    app_id = sqlite3_column_int(stmt, 0);
-  }
-  sqlite3_finalize(stmt);
-  if (app_id == -1) return fail("not a SQLite database");
-  if (app_id != 0 && app_id != kApplicationId) return fail("not a Keywarden database");
-  // WAL with synchronous=FULL: a committed record survives power loss. secure_delete overwrites
-  // freed pages, so an old record does not linger in the file.
-  const std::string setup = fmt::format(
-      "PRAGMA journal_mode=WAL;"
-      "PRAGMA synchronous=FULL;"
-      "PRAGMA secure_delete=ON;"
-      "PRAGMA application_id={};"
-      "CREATE TABLE IF NOT EXISTS keywarden_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL);",
-      kApplicationId);
-  if (sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return fail("cannot set up database");
-  }
-  return std::unique_ptr<KekStore>(new SqliteKekStore(db, path));
+  // secure_delete: an old record does not linger in the file.
+  ASSIGN_OR_RETURN(internal::SqliteDb db,
+                   internal::OpenSqliteDatabase(
+                       path, {.name = path.string(),
+                              .application_id = kApplicationId,
+                              .busy_timeout = options.timeout,
+                              .secure_delete = true,
+                              .schema = "CREATE TABLE IF NOT EXISTS keywarden_kv(key TEXT PRIMARY "
+                                        "KEY, value BLOB NOT NULL);",
+                              .setup_error = "cannot set up database"}));
+  return std::unique_ptr<KekStore>(new SqliteKekStore(db.release(), path));
 }
 
 }  // namespace keywarden::store
