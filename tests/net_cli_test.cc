@@ -130,6 +130,12 @@ TEST(NetCli, BadFlagsAreRefusedWithMessagesThatNameTheValue) {
     EXPECT_THAT(r.stderr_text, HasSubstr("kwmissing0.sock")) << good;
   }
 
+  // The join service's credential lifetime takes the same durations; refused before serving.
+  r = Kw({"serve", "--dir", (temp / "none").string(), "--net-credential-lifetime", "1h30m"});
+  EXPECT_EQ(r.exit_code, 1) << r;
+  EXPECT_THAT(r.stderr_text, HasSubstr("--net-credential-lifetime \"1h30m\" is not a duration"));
+  EXPECT_THAT(r.stdout_text, Not(HasSubstr("listening")));
+
   r = Kw(With(args, "--node", "Node_1"));
   EXPECT_EQ(r.exit_code, 1) << r;
   EXPECT_THAT(r.stderr_text, HasSubstr("\"Node_1\" is not a node name"));
