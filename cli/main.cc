@@ -160,14 +160,12 @@ int main(int argc, char** argv) {
   serve->add_option("--ek-ca", serve_options.join_ek_ca,
                     "PEM bundle of the TPM manufacturer CAs that EK certificates must chain to "
                     "(with --measurements)");
-  std::string net_credential_lifetime = "1d";
-  serve
-      ->add_option("--net-credential-lifetime", net_credential_lifetime,
-                   "join service: how long a network node credential (`keywarden net agent`) "
-                   "stays valid: a whole number and s, m, h or d. Agents renew at 2/3 of it; a "
-                   "node that stops without leaving drops out of its peers' configuration when "
-                   "its credential expires")
-      ->capture_default_str();
+  std::string net_credential_lifetime;  // empty: ServeOptions' default (1d)
+  serve->add_option("--net-credential-lifetime", net_credential_lifetime,
+                    "join service: how long a network node credential (`keywarden net agent`) "
+                    "stays valid: a whole number and s, m, h or d (default 1d). Agents renew at "
+                    "2/3 of it; a node that stops without leaving drops out of its peers' "
+                    "configuration when its credential expires");
   serve->add_option("--audit-log", serve_options.audit_log,
                     "hash-chained audit log of the join service, or in user-managed mode of "
                     "every wrap/unwrap decision (default DIR/audit.log)");
@@ -362,10 +360,12 @@ int main(int argc, char** argv) {
     serve_options.store_timeout = millis(store_timeout_s);
     serve_options.drain_timeout = millis(drain_timeout_s);
     serve_options.dek_cache_ttl = millis(dek_cache_ttl_s);
-    auto lifetime = cli::ParseDuration("--net-credential-lifetime", net_credential_lifetime);
-    if (!lifetime.ok()) return cli::Fail(lifetime.status());
-    serve_options.net_credential_lifetime =
-        std::chrono::duration_cast<std::chrono::seconds>(*lifetime);
+    if (!net_credential_lifetime.empty()) {
+      auto lifetime = cli::ParseDuration("--net-credential-lifetime", net_credential_lifetime);
+      if (!lifetime.ok()) return cli::Fail(lifetime.status());
+      serve_options.net_credential_lifetime =
+          std::chrono::duration_cast<std::chrono::seconds>(*lifetime);
+    }
     return cli::RunServe(serve_options);
   }
   if (dek_get->parsed()) {

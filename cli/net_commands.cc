@@ -37,6 +37,15 @@ using SystemTime = std::chrono::system_clock::time_point;
 
 milliseconds Millis(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
 
+// CheckNodeFlag refuses a --node value that is not a registry name (net::ValidNodeName).
+absl::Status CheckNodeFlag(std::string_view node) {
+  if (net::ValidNodeName(node)) return absl::OkStatus();
+  return InvalidArgumentError(
+      "--node \"{}\" is not a node name: 1-63 characters of a-z, 0-9 and '-', starting and "
+      "ending with a letter or digit",
+      Printable(node));
+}
+
 // ParseAllowedIps splits CIDR[,CIDR...]; each prefix must be canonical (net::Cidr::Parse, whose
 // message names the canonical network when host bits are set).
 absl::StatusOr<std::vector<net::Cidr>> ParseAllowedIps(std::string_view text) {
@@ -212,6 +221,12 @@ NetCommands::NetCommands(CLI::App& app) : flags_(std::make_unique<Flags>()) {
         ->capture_default_str();
   };
 
+  auto add_store = [&f](CLI::App* cmd) {
+    return cmd->add_option("--store", f.store,
+                           "the cluster store holding the registry: sqlite://PATH or "
+                           "etcd://HOST:PORT[,HOST:PORT...][?ca=FILE&cert=FILE&key=FILE&prefix=P]");
+  };
+
   f.agent = f.net->add_subcommand(
       "agent",
       "Run this node's network agent until SIGTERM or SIGINT: get a network credential from the "
@@ -220,11 +235,7 @@ NetCommands::NetCommands(CLI::App& app) : flags_(std::make_unique<Flags>()) {
       "interface's peers equal to the other nodes' verified entries. Renews the credential at "
       "2/3 of its lifetime. Prints \"net agent ready: ...\" once the entry is published; logs "
       "one line per decision on stderr.");
-  f.agent
-      ->add_option("--store", f.store,
-                   "the cluster store holding the registry: sqlite://PATH or "
-                   "etcd://HOST:PORT[,HOST:PORT...][?ca=FILE&cert=FILE&key=FILE&prefix=P]")
-      ->required();
+  add_store(f.agent)->required();
   f.agent
       ->add_option("--node", f.node,
                    "this node's name in the registry: 1-63 characters of a-z, 0-9 and '-' (a "
@@ -278,9 +289,7 @@ NetCommands::NetCommands(CLI::App& app) : flags_(std::make_unique<Flags>()) {
       "The entries are parsed but NOT verified (that needs the cluster's authority key, which "
       "only agents get). Never prints private keys.");
   add_interface(f.status);
-  f.status->add_option("--store", f.store,
-                       "the cluster store holding the registry (sqlite://PATH or etcd://...); "
-                       "optional");
+  add_store(f.status);  // optional here
   f.status->add_flag("--json", f.json, "print JSON");
 
   f.remove = f.net->add_subcommand(
@@ -290,10 +299,7 @@ NetCommands::NetCommands(CLI::App& app) : flags_(std::make_unique<Flags>()) {
       "peers keep it until its credential expires (`keywarden serve "
       "--net-credential-lifetime`). A running agent of that node would publish again; stop it "
       "first. Needs write access to the store, nothing else.");
-  f.remove
-      ->add_option("--store", f.store,
-                   "the cluster store holding the registry (sqlite://PATH or etcd://...)")
-      ->required();
+  add_store(f.remove)->required();
   f.remove->add_option("--node", f.node, "the node's name in the registry")->required();
 }
 
@@ -357,12 +363,7 @@ absl::StatusOr<IssuedCredential> NetCommands::Flags::Credential() const {
 int NetCommands::Flags::RunAgent() {
   QuietTss();
   // Every flag is checked before anything is contacted.
-  if (!net::ValidNodeName(node)) {
-    return Fail(InvalidArgumentError(
-        "--node \"{}\" is not a node name: 1-63 characters of a-z, 0-9 and '-', starting and "
-        "ending with a letter or digit",
-        Printable(node)));
-  }
+  if (absl::Status named = CheckNodeFlag(node); !named.ok()) return Fail(named);
   auto own_endpoint = net::Endpoint::Parse(endpoint);
   if (!own_endpoint.ok()) {
     return Fail(InvalidArgumentError("--endpoint \"{}\": {} (write IP:PORT or [IPv6]:PORT)",
@@ -496,11 +497,7 @@ int NetCommands::Flags::RunAgent() {
 }
 
 int NetCommands::Flags::RunRemove() {
-  if (!net::ValidNodeName(node)) {
-    return Fail(InvalidArgumentError(
-        "--node \"{}\" is not a node name (1-63 characters of a-z, 0-9 and '-')",
-        Printable(node, 80)));
-  }
+  if (absl::Status named = CheckNodeFlag(node); !named.ok()) return Fail(named);
   auto store_handle = net::OpenRegistryStore(store);
   if (!store_handle.ok()) return Fail(store_handle.status());
   auto snapshot = (*store_handle)->List();

@@ -114,24 +114,6 @@ class AgentNode {
   std::string log_;
 };
 
-// WaitFor polls `done` every 20 ms until it holds or `timeout` passes.
-template <typename F>
-bool WaitFor(F done, std::chrono::milliseconds timeout = 20s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
-}
-
-size_t PeerCount(const NetnsNode& node) {
-  auto uapi = net::UapiClient::ForInterface(node.interface);
-  if (!uapi.ok()) return 0;
-  auto device = uapi->Get();
-  return device.ok() ? device->peers.size() : 0;
-}
-
 bool Ping(const NetnsCluster& lan, size_t from, size_t to) {
   return lan.Exec(from, {"ping", "-c", "1", "-W", "1", lan.node(to).tunnel_address}).ok();
 }
@@ -140,6 +122,29 @@ BackgroundOptions PingerOptions() {
   BackgroundOptions options;
   options.capture_stdout = true;
   return options;
+}
+
+// StartMesh starts an agent named node-I for every node of `lan` on `cluster`'s registry, then
+// waits until each interface has all the other nodes as peers and every node pings every other
+// through the tunnel.
+::testing::AssertionResult StartMesh(const NetnsCluster& lan, const Cluster& cluster,
+                                     std::vector<std::unique_ptr<AgentNode>>& agents) {
+  for (size_t i = 0; i < lan.size(); ++i) {
+    agents.push_back(std::make_unique<AgentNode>(cluster, lan.node(i), fmt::format("node-{}", i)));
+  }
+  for (size_t i = 0; i < lan.size(); ++i) {
+    if (!WaitFor([&] { return PeerCount(lan.node(i)) == lan.size() - 1; })) {
+      return ::testing::AssertionFailure() << "node " << i << " lacks peers:\n" << agents[i]->log();
+    }
+  }
+  for (size_t i = 0; i < lan.size(); ++i) {
+    for (size_t j = 0; j < lan.size(); ++j) {
+      if (i != j && !WaitFor([&] { return Ping(lan, i, j); }, 10s)) {
+        return ::testing::AssertionFailure() << "no ping " << i << "->" << j;
+      }
+    }
+  }
+  return ::testing::AssertionSuccess();
 }
 
 class NetAgentTest : public ::testing::Test {
@@ -155,20 +160,8 @@ TEST_F(NetAgentTest, ThreeNodesFromTheRegistryRotationLeaveAndAForgery) {
   ASSERT_TRUE(lan.Start());
   Cluster cluster("sqlite://" + (lan.scratch() / "registry.db").string());
   std::vector<std::unique_ptr<AgentNode>> agents;
-  for (size_t i = 0; i < 3; ++i) {
-    agents.push_back(std::make_unique<AgentNode>(cluster, lan.node(i), fmt::format("node-{}", i)));
-  }
   // Every node gets the two others as peers, and traffic flows both ways between all.
-  for (size_t i = 0; i < 3; ++i) {
-    ASSERT_TRUE(WaitFor([&] { return PeerCount(lan.node(i)) == 2; })) << "node " << i << ":\n"
-                                                                      << agents[i]->log();
-  }
-  for (size_t i = 0; i < 3; ++i) {
-    for (size_t j = 0; j < 3; ++j) {
-      if (i == j) continue;
-      EXPECT_TRUE(WaitFor([&] { return Ping(lan, i, j); }, 10s)) << i << "->" << j;
-    }
-  }
+  ASSERT_TRUE(StartMesh(lan, cluster, agents));
   const uint64_t epoch_before = agents[1]->agent().stats().epoch;
 
   // Rotation during a continuous ping (10 ms interval) from node 0 to node 1.
@@ -289,18 +282,7 @@ TEST_F(NetAgentTest, ATcpTransferSurvivesRotationsAndTheUnderlayCarriesOnlyWireG
   ASSERT_TRUE(lan.Start());
   Cluster cluster("sqlite://" + (lan.scratch() / "registry.db").string());
   std::vector<std::unique_ptr<AgentNode>> agents;
-  for (size_t i = 0; i < 3; ++i) {
-    agents.push_back(std::make_unique<AgentNode>(cluster, lan.node(i), fmt::format("node-{}", i)));
-  }
-  for (size_t i = 0; i < 3; ++i) {
-    ASSERT_TRUE(WaitFor([&] { return PeerCount(lan.node(i)) == 2; })) << agents[i]->log();
-  }
-  for (size_t i = 0; i < 3; ++i) {
-    for (size_t j = 0; j < 3; ++j) {
-      if (i == j) continue;
-      ASSERT_TRUE(WaitFor([&] { return Ping(lan, i, j); }, 10s)) << i << "->" << j;
-    }
-  }
+  ASSERT_TRUE(StartMesh(lan, cluster, agents));
 
   // Everything between the three nodes crosses the bridge: capture there.
   PacketCapture capture;

@@ -287,23 +287,6 @@ class World {
   std::vector<std::string> opened_;
 };
 
-template <typename F>
-bool WaitFor(F done, std::chrono::milliseconds timeout = 30s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(50ms);
-  }
-  return true;
-}
-
-size_t PeerCount(const NetnsNode& node) {
-  auto uapi = net::UapiClient::ForInterface(node.interface);
-  if (!uapi.ok()) return 0;
-  auto device = uapi->Get();
-  return device.ok() ? device->peers.size() : 0;
-}
-
 TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
   if (auto reason = NetnsCluster::SkipReason()) GTEST_SKIP() << *reason;
   if (access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "needs /dev/fuse";
@@ -357,7 +340,7 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
   };
   for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(start_agent(i, 1));
   for (size_t i = 0; i < 2; ++i) {
-    ASSERT_TRUE(WaitFor([&] { return PeerCount(lan.node(i)) == 1; })) << agents[i].Log();
+    ASSERT_TRUE(WaitFor([&] { return PeerCount(lan.node(i)) == 1; }, 30s)) << agents[i].Log();
   }
   for (size_t i = 0; i < 2; ++i) {
     const size_t other = 1 - i;
@@ -443,7 +426,7 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
   EXPECT_THAT(agents[0].Log(), HasSubstr("node node-1: its network credential expired; removed"));
   // It comes back with a fresh credential and key; node 0 takes it again.
   ASSERT_TRUE(start_agent(1, 2));
-  EXPECT_TRUE(WaitFor([&] { return PeerCount(lan.node(0)) == 1; })) << agents[0].Log();
+  EXPECT_TRUE(WaitFor([&] { return PeerCount(lan.node(0)) == 1; }, 30s)) << agents[0].Log();
   EXPECT_TRUE(WaitFor(
       [&] {
         return lan.Exec(0, {"ping", "-c", "1", "-W", "1", lan.node(1).tunnel_address}).ok();
@@ -455,7 +438,7 @@ TEST(NetCli, TwoJoinedNodesRunAgentsSeeEachOtherAndOneLeaves) {
   agents[1].Signal(SIGTERM);
   EXPECT_EQ(agents[1].Wait(30s), 0) << agents[1].Log();
   EXPECT_THAT(agents[1].Log(), HasSubstr("removed the registry entry of node-1"));
-  EXPECT_TRUE(WaitFor([&] { return PeerCount(lan.node(0)) == 0; })) << agents[0].Log();
+  EXPECT_TRUE(WaitFor([&] { return PeerCount(lan.node(0)) == 0; }, 30s)) << agents[0].Log();
   EXPECT_EQ(RegistrySize(store), 1u);
   agents[0].Signal(SIGTERM);
   EXPECT_EQ(agents[0].Wait(30s), 0) << agents[0].Log();

@@ -14,6 +14,8 @@
 #include <thread>
 #include <utility>
 
+#include "keywarden/net/wireguard.h"
+
 namespace keywarden::testing {
 namespace {
 
@@ -288,6 +290,13 @@ void NetnsCluster::TearDown() {
     if (fs::exists(kNetnsDir / *it, ec)) ADD_FAILURE() << "network namespace " << *it << " remains";
   }
   created_netns_.clear();
+}
+
+size_t PeerCount(const NetnsNode& node) {
+  auto uapi = net::UapiClient::ForInterface(node.interface);
+  if (!uapi.ok()) return 0;
+  auto device = uapi->Get();
+  return device.ok() ? device->peers.size() : 0;
 }
 
 }  // namespace keywarden::testing

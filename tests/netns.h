@@ -133,4 +133,7 @@ class NetnsCluster {
   bool torn_down_ = false;
 };
 
+// PeerCount is how many peers `node`'s interface has (a UAPI get); 0 when it cannot be read.
+size_t PeerCount(const NetnsNode& node);
+
 }  // namespace keywarden::testing

@@ -22,6 +22,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -111,6 +112,18 @@ class TempDir {
   void Remove() noexcept;
   std::filesystem::path path_;
 };
+
+// WaitFor polls `done` every `poll` until it holds (true) or `timeout` passes (false).
+template <typename F>
+bool WaitFor(F done, std::chrono::milliseconds timeout = std::chrono::seconds(20),
+             std::chrono::milliseconds poll = std::chrono::milliseconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(poll);
+  }
+  return true;
+}
 
 // ReadFile returns the contents of `path`, or nullopt if it cannot be read.
 std::optional<std::string> ReadFile(const std::filesystem::path& path);

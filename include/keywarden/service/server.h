@@ -40,7 +40,8 @@ struct ServeOptions {
   std::filesystem::path join_measurements;
   std::filesystem::path join_ek_ca;
   // net_credential_lifetime: how long the network node credentials the join service issues stay
-  // valid (JoinServiceOptions::net_credential_lifetime; agents renew at 2/3 of it).
+  // valid (JoinServiceOptions::net_credential_lifetime, whose default, 1 d, this repeats:
+  // join.h is not included here; agents renew at 2/3 of it).
   std::chrono::seconds net_credential_lifetime{24 * 3600};
   // audit_log: the join service's audit log; empty means DIR/audit.log.
   std::filesystem::path audit_log;
